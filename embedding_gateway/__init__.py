@@ -1,0 +1,1 @@
+"""Embedding Gateway: one OpenAI-compatible embeddings endpoint over Ollama, TEI and vLLM."""

@@ -1,0 +1,72 @@
+"""What the supervisor needs from a way of running a managed upstream.
+
+A runtime starts one instance serving one model on a host port, tells whether it is still
+alive, returns its last log lines, stops it, and lists instances it left running earlier
+(for adoption after a gateway restart). It decides nothing: the supervisor owns lifecycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..config import ManagedConfig
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One instance to start: ``model_arg`` fills ``{model}``, ``port`` fills ``{port}``."""
+
+    backend: str
+    model: str  # the configured model name (a label; not necessarily what the upstream knows)
+    model_arg: str  # what the upstream loads (ModelConfig.upstream_model or the model name)
+    instance: str  # unique id of this instance, e.g. "tei-0"
+    host_port: int  # where the gateway reaches it on this host (or the docker host)
+    managed: ManagedConfig
+
+
+@dataclass
+class InstanceHandle:
+    """A started (or adopted) instance; ``ref`` is the runtime's own id (container id, pid)."""
+
+    spec: InstanceSpec
+    ref: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FoundInstance:
+    """An instance found running at start-up, described by its labels."""
+
+    ref: str
+    backend: str
+    model: str
+    instance: str
+    host_port: int | None
+    running: bool
+
+
+class Runtime(Protocol):
+    async def start(self, spec: InstanceSpec) -> InstanceHandle:
+        """Start the instance; raise ``RuntimeStartError`` with a clear cause on failure."""
+
+    async def stop(self, handle: InstanceHandle, grace: float) -> None:
+        """Stop and remove it: graceful first, forced after ``grace`` seconds; idempotent."""
+
+    async def is_alive(self, handle: InstanceHandle) -> bool:
+        """False once the process or container has exited."""
+
+    async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
+        """The last ``lines`` lines of its output (secrets are never in here by construction)."""
+
+    async def find_existing(self, backend: str) -> list[FoundInstance]:
+        """Instances labelled as this gateway's for ``backend``, left by an earlier run."""
+
+    async def adopt(self, found: FoundInstance, spec: InstanceSpec) -> InstanceHandle:
+        """A handle for a found instance that will be reused."""
+
+    async def remove(self, found: FoundInstance) -> None:
+        """Remove a stray found instance."""
+
+    async def close(self) -> None:
+        """Release clients and threads (instances are left as they are)."""
