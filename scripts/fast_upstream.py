@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""A minimal, fast OpenAI-compatible embeddings server: the baseline for gateway overhead.
+
+Every input gets the same unit vector, so a response is a join of precomputed byte strings:
+no per-float Python work on the request path. It speaks the OpenAI wire format (float or
+base64 float32 little-endian, ``dimensions``, ``usage``, the error envelope), so it can stand
+in for a real upstream or for the gateway itself.
+
+    python scripts/fast_upstream.py --port 18001 --dims 1024 --model fast-1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import signal
+import sys
+from typing import Any
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+JSON = "application/json"
+RESPONSE = (
+    b'{"object":"list","data":[%s],"model":%s,"usage":{"prompt_tokens":%d,"total_tokens":%d}}'
+)
+
+
+def unit_vector(dims: int, seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def error_response(status: int, message: str, param: str | None, code: str | None) -> web.Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type=JSON)
+
+
+class InvalidInput(ValueError):
+    pass
+
+
+def count_tokens(raw: Any) -> tuple[int, int]:
+    """Return (number of inputs, approximate token count): words for text, length for ids."""
+    if isinstance(raw, str):
+        return 1, len(raw.split())
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput("'input' must be a non-empty string or array")
+    first = raw[0]
+    if isinstance(first, int):
+        return 1, len(raw)
+    tokens = 0
+    if isinstance(first, str):
+        for text in raw:
+            if not isinstance(text, str):
+                raise InvalidInput("'input' must not mix strings and other types")
+            tokens += len(text.split())
+    elif isinstance(first, list):
+        for ids in raw:
+            if not isinstance(ids, list) or not ids:
+                raise InvalidInput("'input' token arrays must be non-empty arrays of integers")
+            tokens += len(ids)
+    else:
+        raise InvalidInput("'input' must be a string, strings, or token arrays")
+    return len(raw), tokens
+
+
+class VectorItems:
+    """Per (dims, encoding) the serialised ``data`` items, grown on demand and kept."""
+
+    def __init__(self, vector: np.ndarray) -> None:
+        self.vector = vector
+        self.items: dict[tuple[int, str], list[bytes]] = {}
+
+    def embedding_bytes(self, dims: int, encoding: str) -> bytes:
+        cut = self.vector[:dims]
+        cut = cut / np.linalg.norm(cut)
+        if encoding == "base64":
+            return b'"' + base64.b64encode(cut.astype("<f4").tobytes()) + b'"'
+        return orjson.dumps(cut, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def joined(self, count: int, dims: int, encoding: str) -> bytes:
+        items = self.items.get((dims, encoding))
+        if items is None:
+            items = self.items[(dims, encoding)] = []
+        if len(items) < count:
+            embedding = self.embedding_bytes(dims, encoding)
+            items.extend(
+                b'{"object":"embedding","index":%d,"embedding":%s}' % (index, embedding)
+                for index in range(len(items), count)
+            )
+        return b",".join(items[:count])
+
+
+class FastUpstream:
+    def __init__(self, models: list[str], dims: int, max_inputs: int, seed: int) -> None:
+        self.models = models
+        self.dims = dims
+        self.max_inputs = max_inputs
+        self.vectors = VectorItems(unit_vector(dims, seed))
+        self.models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": 0, "owned_by": "fast-upstream"}
+                    for name in models
+                ],
+            }
+        )
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        try:
+            payload = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return error_response(400, "request body is not valid JSON", None, None)
+        if not isinstance(payload, dict):
+            return error_response(400, "request body must be a JSON object", None, None)
+        model = payload.get("model")
+        if model not in self.models:
+            return error_response(
+                404, f"The model `{model}` does not exist", "model", "model_not_found"
+            )
+        try:
+            count, tokens = count_tokens(payload.get("input"))
+        except InvalidInput as exc:
+            return error_response(400, str(exc), "input", None)
+        if count > self.max_inputs:
+            message = f"batch size {count} > maximum allowed batch size {self.max_inputs}"
+            return error_response(400, message, "input", None)
+        encoding = payload.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            message = "encoding_format must be float or base64"
+            return error_response(400, message, "encoding_format", None)
+        dims = payload.get("dimensions") or self.dims
+        if not isinstance(dims, int) or not 0 < dims <= self.dims:
+            message = f"dimensions must be an integer in 1..{self.dims}"
+            return error_response(400, message, "dimensions", None)
+        body = RESPONSE % (
+            self.vectors.joined(count, dims, encoding),
+            orjson.dumps(model),
+            tokens,
+            tokens,
+        )
+        return web.Response(body=body, content_type=JSON)
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.models_body, content_type=JSON)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/health", self.health)
+        return app
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18001, help="0 picks a free port")
+    parser.add_argument("--dims", type=int, default=1024)
+    parser.add_argument(
+        "--model", default=None, help="served model name(s), comma-separated (default fast-DIMS)"
+    )
+    parser.add_argument("--max-inputs", type=int, default=4096, help="largest batch accepted")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    models = [m.strip() for m in (args.model or f"fast-{args.dims}").split(",") if m.strip()]
+    upstream = FastUpstream(models, args.dims, args.max_inputs, args.seed)
+    runner = web.AppRunner(upstream.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(
+        f"fast_upstream listening on http://{args.host}:{port} models={','.join(models)}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    asyncio.run(serve(parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
