@@ -1,0 +1,169 @@
+"""What every upstream adapter shares: the HTTP call, error translation and served-model checks.
+
+An adapter turns one chunk of inputs into a float32 matrix plus a token count, and tells what
+model an upstream serves. Everything upstream-specific (paths, bodies, error shapes, limits)
+stays inside its adapter; the router sees only ``Embeddings`` or a ``GatewayError``.
+"""
+
+from __future__ import annotations
+
+import base64
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+
+from ..config import BackendConfig, ModelConfig
+from ..errors import (
+    GatewayError,
+    QueueFull,
+    Unavailable,
+    UpstreamFailed,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from ..schemas import Embeddings, Inputs
+
+
+@dataclass
+class Probe:
+    """One health check of an upstream: reachable, and which configured models it serves."""
+
+    reachable: bool
+    reason: str | None = None
+    served: set[str] = field(default_factory=set)  # served names of configured models it serves
+    mismatch: dict[str, str] = field(default_factory=dict)  # model -> why it is not served
+    batch_limit: int | None = None  # the upstream's own limit on inputs per request
+
+
+def served_name(name: str, model: ModelConfig) -> str:
+    """The name an upstream reports for a configured model."""
+    return model.served_name or model.upstream_model or name
+
+
+def upstream_name(name: str, model: ModelConfig) -> str:
+    """The name the upstream loads and expects in requests."""
+    return model.upstream_model or name
+
+
+def decode_vector(value: Any) -> np.ndarray:
+    """One upstream vector (float list or base64 float32 LE) as a float32 array."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4")
+    return np.asarray(value, dtype=np.float32)
+
+
+def stack(vectors: list[np.ndarray], expected: int, where: str) -> np.ndarray:
+    if len(vectors) != expected:
+        raise UpstreamFailed(f"{where} returned {len(vectors)} vectors for {expected} inputs")
+    if not vectors:
+        raise UpstreamFailed(f"{where} returned no vectors")
+    dims = {v.shape[0] for v in vectors}
+    if len(dims) != 1 or 0 in dims:
+        raise UpstreamFailed(f"{where} returned vectors of differing or zero length")
+    return np.vstack(vectors).astype(np.float32, copy=False)
+
+
+class Backend(ABC):
+    """One configured backend: its adapter and its limits."""
+
+    kind: str
+    accepts_tokens: bool = False
+    default_batch: int = 32
+
+    def __init__(self, name: str, config: BackendConfig, session: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.config = config
+        self.session = session
+        self.upstream_batch_limit: int | None = None  # learnt from the upstream (TEI /info)
+        headers = {"Content-Type": "application/json"}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        self._headers = headers
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+
+    def batch_limit(self, model: ModelConfig) -> int:
+        limits = [model.max_batch, self.config.max_batch, self.upstream_batch_limit]
+        return min([x for x in limits if x] or [self.default_batch])
+
+    @abstractmethod
+    async def embed(
+        self, base_url: str, name: str, model: ModelConfig, inputs: Inputs
+    ) -> Embeddings:
+        """Vectors for one chunk (within ``batch_limit``), verified to come from ``model``."""
+
+    @abstractmethod
+    async def probe(self, base_url: str, timeout: float) -> Probe:
+        """Is the upstream up, and which configured models does it serve?"""
+
+    async def preload(self, base_url: str, name: str, model: ModelConfig) -> None:  # noqa: B027
+        """Ask the upstream to load ``model`` ahead of requests (Ollama only)."""
+
+    def error_message(self, body: Any) -> str | None:
+        """The upstream's own error text from a parsed error body."""
+        if isinstance(body, dict):
+            err = body.get("error")
+            if isinstance(err, dict):
+                return str(err.get("message") or err)
+            if isinstance(err, str):
+                return err
+            if "message" in body:
+                return str(body["message"])
+        return None
+
+    async def request_json(
+        self, method: str, url: str, payload: Any | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """One upstream call; every failure becomes the right ``GatewayError``."""
+        where = f"upstream {self.name!r}"
+        client_timeout = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
+        data = orjson.dumps(payload) if payload is not None else None
+        try:
+            async with self.session.request(
+                method, url, data=data, headers=self._headers, timeout=client_timeout
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{where} did not answer within {client_timeout.total:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed(f"{where} could not be reached: {exc.__class__.__name__}") from exc
+        body: Any = None
+        if raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                body = None
+        if status < 400:
+            if body is None and raw:
+                raise UpstreamFailed(f"{where} returned a body that is not JSON")
+            return body
+        raise self.translate_error(status, body, raw)
+
+    def translate_error(self, status: int, body: Any, raw: bytes) -> GatewayError:
+        where = f"upstream {self.name!r}"
+        text = self.error_message(body) or raw[:200].decode("utf-8", "replace").strip()
+        text = text or f"HTTP {status}"
+        if status == 429:
+            return QueueFull(f"{where} is overloaded: {text}", retry_after=1, code="upstream_busy")
+        if status == 503:
+            return Unavailable(f"{where} is unavailable: {text}", retry_after=5)
+        if status in (401, 403):
+            return UpstreamFailed(f"{where} rejected the gateway's credentials ({status})")
+        if 400 <= status < 500 and status != 424:
+            return UpstreamRejected(text, status=status)
+        return UpstreamFailed(f"{where} failed with HTTP {status}: {text}")
+
+
+def model_mismatch(backend: Backend, expected: str, got: Any) -> UpstreamFailed:
+    return UpstreamFailed(
+        f"upstream {backend.name!r} answered with model {got!r}, not {expected!r}; "
+        "its vectors were discarded",
+        code="model_mismatch",
+    )
+

@@ -1,0 +1,61 @@
+"""vLLM and any OpenAI-compatible embeddings server: ``/v1/embeddings`` and ``/v1/models``.
+
+vLLM answers errors in two shapes, ``{"object":"error","message",…}`` and
+``{"error":{"message",…}}``; ``Backend.error_message`` reads both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ModelConfig
+from ..errors import UpstreamFailed
+from ..schemas import Embeddings, Inputs
+from .base import Backend, Probe, decode_vector, model_mismatch, served_name, stack, upstream_name
+
+
+def api_root(base_url: str) -> str:
+    """``http://h:8000`` and ``http://h:8000/v1`` both name the same API."""
+    return base_url if base_url.endswith("/v1") else f"{base_url}/v1"
+
+
+class OpenAIBackend(Backend):
+    kind = "openai"
+    accepts_tokens = True
+    default_batch = 256
+
+    async def embed(
+        self, base_url: str, name: str, model: ModelConfig, inputs: Inputs
+    ) -> Embeddings:
+        asked = upstream_name(name, model)
+        body = await self.request_json(
+            "POST",
+            f"{api_root(base_url)}/embeddings",
+            {"model": asked, "input": inputs, "encoding_format": "base64"},
+        )
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise UpstreamFailed(f"upstream {self.name!r} returned no 'data' list")
+        got = body.get("model")
+        if got not in (asked, served_name(name, model)):
+            raise model_mismatch(self, served_name(name, model), got)
+        items = sorted(body["data"], key=lambda d: d.get("index", 0))
+        vectors = [decode_vector(item.get("embedding")) for item in items]
+        usage: Any = body.get("usage") or {}
+        return Embeddings(
+            stack(vectors, len(inputs), f"upstream {self.name!r}"),
+            int(usage.get("prompt_tokens") or 0),
+        )
+
+    async def probe(self, base_url: str, timeout: float) -> Probe:
+        body = await self.request_json("GET", f"{api_root(base_url)}/models", timeout=timeout)
+        ids = {str(m.get("id")) for m in (body or {}).get("data", []) if isinstance(m, dict)}
+        probe = Probe(reachable=True)
+        for name, model in self.config.models.items():
+            expected = served_name(name, model)
+            if expected in ids:
+                probe.served.add(expected)
+            else:
+                probe.mismatch[name] = (
+                    f"upstream serves {', '.join(sorted(ids)) or 'no models'}, not {expected}"
+                )
+        return probe

@@ -1,0 +1,123 @@
+"""Model or alias → backend; batches split to the upstream's limit and put back in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from .config import GatewayConfig, ModelConfig
+from .errors import InvalidRequest, ModelNotFound, UnsupportedInput, UpstreamFailed
+from .schemas import EmbeddingRequest, Embeddings, Inputs, cut_dimensions
+from .upstream import Upstream
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str  # the configured model name
+    backend: str
+    options: ModelConfig
+    alias_of: str | None = None
+
+
+def build_routes(config: GatewayConfig) -> dict[str, Route]:
+    routes: dict[str, Route] = {}
+    for backend_name, backend in config.backends.items():
+        for name, options in backend.models.items():
+            routes[name] = Route(name, backend_name, options)
+            for alias in options.aliases:
+                routes[alias] = Route(name, backend_name, options, alias_of=name)
+    return routes
+
+
+def split_batch(inputs: Inputs, limit: int) -> Iterator[Inputs]:
+    for start in range(0, len(inputs), limit):
+        yield inputs[start : start + limit]  # type: ignore[misc]
+
+
+async def gather_in_order(aws: list[Awaitable[T]]) -> list[T]:
+    """Results in submission order; the first failure cancels the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class Router:
+    def __init__(self, config: GatewayConfig, upstreams: dict[str, Upstream]) -> None:
+        self.routes = build_routes(config)
+        self.upstreams = upstreams
+
+    def resolve(self, name: str) -> Route:
+        try:
+            return self.routes[name]
+        except KeyError:
+            raise ModelNotFound(
+                f"The model {name!r} does not exist on this gateway; GET /v1/models lists "
+                "the models it serves",
+                param="model",
+            ) from None
+
+    def check(self, request: EmbeddingRequest, route: Route) -> None:
+        """Reject what this model cannot do before anything is sent or started."""
+        upstream = self.upstreams[route.backend]
+        if request.tokens and not upstream.backend.accepts_tokens:
+            raise UnsupportedInput(
+                f"model {request.model!r} is served by {upstream.backend.config.kind}, which "
+                "takes text only; send strings, not token ids",
+                param="input",
+            )
+        dims = request.dimensions
+        if dims is not None:
+            if not route.options.matryoshka:
+                raise InvalidRequest(
+                    f"model {request.model!r} does not support 'dimensions' (it is not "
+                    "configured as a Matryoshka model)",
+                    param="dimensions",
+                )
+            native = route.options.dimensions
+            if native is not None and dims > native:
+                raise InvalidRequest(
+                    f"'dimensions' must be between 1 and {native} for model {request.model!r}",
+                    param="dimensions",
+                )
+
+    async def embed(self, request: EmbeddingRequest, route: Route) -> Embeddings:
+        upstream = self.upstreams[route.backend]
+        backend = upstream.backend
+        limit = backend.batch_limit(route.options)
+
+        async def one_chunk(base_url: str, chunk: Inputs) -> Embeddings:
+            async with upstream.semaphore:
+                return await backend.embed(base_url, route.model, route.options, chunk)
+
+        async with upstream.lease(route.model) as base_url:
+            parts = await gather_in_order(
+                [one_chunk(base_url, chunk) for chunk in split_batch(request.inputs, limit)]
+            )
+        vectors = parts[0].vectors if len(parts) == 1 else np.vstack([p.vectors for p in parts])
+        native = route.options.dimensions
+        if native is not None and vectors.shape[1] != native:
+            raise UpstreamFailed(
+                f"upstream {route.backend!r} returned {vectors.shape[1]}-d vectors for "
+                f"{route.model!r}, configured as {native}-d; they were discarded",
+                code="model_mismatch",
+            )
+        if request.dimensions is not None:
+            if request.dimensions > vectors.shape[1]:
+                raise InvalidRequest(
+                    f"'dimensions' must be between 1 and {vectors.shape[1]} for model "
+                    f"{request.model!r}",
+                    param="dimensions",
+                )
+            vectors = cut_dimensions(vectors, request.dimensions)
+        return Embeddings(vectors, sum(p.prompt_tokens for p in parts))

@@ -1,0 +1,147 @@
+"""``/v1/embeddings`` request parsing and response building, OpenAI's contract exactly.
+
+Vectors arrive here as one float32 matrix; ``dimensions`` is a slice plus a row-wise L2
+renormalisation, and the response is encoded once: base64 straight from each row's bytes,
+float JSON by orjson from the array itself.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+from .errors import InvalidRequest, PayloadTooLarge
+
+EncodingFormat = Literal["float", "base64"]
+Inputs = list[str] | list[list[int]]
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    inputs: Inputs
+    tokens: bool  # True when inputs are token id lists
+    encoding_format: EncodingFormat
+    dimensions: int | None
+
+
+@dataclass
+class Embeddings:
+    """Vectors for a list of inputs, in input order, and the tokens the upstream counted."""
+
+    vectors: np.ndarray  # shape (n, dims), float32
+    prompt_tokens: int
+
+
+def _is_token_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+def _parse_input(value: Any, max_inputs: int) -> tuple[Inputs, bool]:
+    if isinstance(value, str):
+        inputs: Inputs = [value]
+        tokens = False
+    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        inputs, tokens = value, False
+    elif isinstance(value, list) and value and _is_token_list(value):
+        inputs, tokens = [value], True
+    elif isinstance(value, list) and value and all(_is_token_list(v) for v in value):
+        inputs, tokens = value, True
+    elif isinstance(value, list) and not value:
+        raise InvalidRequest("'input' must not be empty", param="input")
+    else:
+        raise InvalidRequest(
+            "'input' must be a string, an array of strings, an array of token ids "
+            "or an array of arrays of token ids",
+            param="input",
+        )
+    if len(inputs) > max_inputs:
+        raise PayloadTooLarge(
+            f"'input' has {len(inputs)} items; this gateway accepts at most {max_inputs} "
+            "per request",
+            param="input",
+        )
+    for i, item in enumerate(inputs):
+        if len(item) == 0:
+            what = "string" if not tokens else "token array"
+            raise InvalidRequest(f"'input[{i}]' is an empty {what}", param="input")
+        if tokens and any(t < 0 for t in item):  # type: ignore[operator]
+            raise InvalidRequest(f"'input[{i}]' has a negative token id", param="input")
+    return inputs, tokens
+
+
+def parse_embedding_request(body: bytes, *, max_inputs: int) -> EmbeddingRequest:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    if "input" not in data:
+        raise InvalidRequest("'input' is required", param="input")
+    inputs, tokens = _parse_input(data["input"], max_inputs)
+
+    encoding_format = data.get("encoding_format") or "float"
+    if encoding_format not in ("float", "base64"):
+        raise InvalidRequest(
+            f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}",
+            param="encoding_format",
+        )
+    dimensions = data.get("dimensions")
+    if dimensions is not None and (
+        not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
+    ):
+        raise InvalidRequest("'dimensions' must be a positive integer", param="dimensions")
+    user = data.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("'user' must be a string", param="user")
+    return EmbeddingRequest(model, inputs, tokens, encoding_format, dimensions)
+
+
+def cut_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Matryoshka: keep the first ``dimensions`` values of each row, then L2-renormalise."""
+    cut = vectors[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    np.maximum(norms, np.float32(1e-12), out=norms)
+    return np.ascontiguousarray(cut / norms, dtype=np.float32)
+
+
+def _rows(vectors: np.ndarray, encoding_format: EncodingFormat) -> Iterator[bytes]:
+    if encoding_format == "base64":
+        little = vectors.astype("<f4", copy=False)
+        for i, row in enumerate(little):
+            yield (b'{"object":"embedding","index":%d,"embedding":"' % i
+                   + base64.b64encode(row.tobytes()) + b'"}')
+    else:
+        for i, row in enumerate(vectors):
+            yield (b'{"object":"embedding","index":%d,"embedding":' % i
+                   + orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"}")
+
+
+def response_chunks(
+    result: Embeddings, *, model: str, encoding_format: EncodingFormat, rows_per_chunk: int = 32
+) -> Iterator[bytes]:
+    """The response body in pieces of ``rows_per_chunk`` vectors, for streaming out."""
+    yield b'{"object":"list","data":['
+    batch: list[bytes] = []
+    for n, row in enumerate(_rows(result.vectors, encoding_format)):
+        batch.append(row if n == 0 else b"," + row)
+        if len(batch) == rows_per_chunk:
+            yield b"".join(batch)
+            batch = []
+    tokens = result.prompt_tokens
+    tail = orjson.dumps(
+        {"prompt_tokens": tokens, "total_tokens": tokens}
+    )
+    yield b"".join(batch) + b'],"model":' + orjson.dumps(model) + b',"usage":' + tail + b"}"

@@ -1,0 +1,173 @@
+"""Where a backend's requests go: the seam between the router and lifecycle.
+
+The router only ever asks an ``Upstream`` for a lease on a model: an async context that
+yields a base URL verified to serve that model, and holds the instance open until the
+request is done. ``RemoteUpstream`` (this module) proxies to a fixed ``base_url`` and checks
+it in the background; the supervisor provides the managed kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+
+from .backends.base import Backend, Probe
+from .errors import GatewayError, Unavailable, UpstreamFailed
+
+log = structlog.get_logger("embedding_gateway.upstream")
+
+
+@dataclass
+class ModelState:
+    """What ``/v1/models`` and ``/health`` say about one model."""
+
+    state: str  # remote | loaded | loading | idle | failed | draining
+    healthy: bool
+    reason: str | None = None
+    since: float | None = None  # unix time the state began
+    instance: str | None = None
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Upstream(ABC):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.managed = backend.config.managed is not None
+        self.semaphore = asyncio.Semaphore(backend.config.max_concurrency)
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Begin background work (health checks, preloads, adoption)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop background work and release what it holds."""
+
+    @abstractmethod
+    def lease(self, model: str) -> AbstractAsyncContextManager[str]:
+        """A base URL serving ``model`` for the duration of one request."""
+
+    @abstractmethod
+    def model_state(self, model: str) -> ModelState: ...
+
+    @abstractmethod
+    def health(self) -> dict[str, Any]:
+        """``{"kind", "managed", "healthy", "reason", …}`` for ``/health``."""
+
+    @property
+    def can_serve(self) -> bool:
+        return any(self.model_state(m).healthy for m in self.backend.config.models)
+
+
+class RemoteUpstream(Upstream):
+    """A fixed ``base_url``, probed in the background and re-probed on demand."""
+
+    def __init__(self, backend: Backend, *, interval: float, probe_timeout: float) -> None:
+        super().__init__(backend)
+        self.base_url = backend.config.base_url
+        self.interval = interval
+        self.probe_timeout = probe_timeout
+        self._probe: Probe | None = None
+        self._checked_at: float | None = None
+        self._since = time.time()
+        self._refreshing: asyncio.Task[Probe] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}")
+
+    async def close(self) -> None:
+        for task in (self._loop_task, self._refreshing):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError, GatewayError):
+                    await task
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval)
+
+    async def _run_probe(self) -> Probe:
+        try:
+            probe = await asyncio.wait_for(
+                self.backend.probe(self.base_url, self.probe_timeout), self.probe_timeout
+            )
+        except TimeoutError:
+            probe = Probe(reachable=False, reason=f"no answer within {self.probe_timeout:g} s")
+        except GatewayError as exc:
+            probe = Probe(reachable=False, reason=exc.message)
+        was_ok = self._probe is not None and self._probe.reachable
+        if probe.reachable and probe.batch_limit:
+            self.backend.upstream_batch_limit = probe.batch_limit
+        if was_ok != probe.reachable:
+            self._since = time.time()
+            log.info("backend_health", backend=self.name, healthy=probe.reachable,
+                     reason=probe.reason)
+        self._probe, self._checked_at = probe, time.time()
+        return probe
+
+    async def refresh(self) -> Probe:
+        """Probe now; concurrent callers share one probe. A caller's cancellation (a client
+        that went away) does not cancel the probe others wait on."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._run_probe())
+        return await asyncio.shield(self._refreshing)
+
+    def _problem(self, model: str) -> str | None:
+        probe = self._probe
+        if probe is None:
+            return "not checked yet"
+        if not probe.reachable:
+            return probe.reason or "unreachable"
+        return probe.mismatch.get(model)
+
+    @asynccontextmanager
+    async def lease(self, model: str) -> AsyncIterator[str]:
+        if self._problem(model) is not None:
+            await self.refresh()
+        problem = self._problem(model)
+        if problem is not None:
+            raise Unavailable(f"model {model!r} on backend {self.name!r} is unavailable: {problem}")
+        try:
+            yield self.base_url
+        except UpstreamFailed as exc:
+            if exc.code == "model_mismatch" and self._probe is not None:
+                self._probe.mismatch[model] = exc.message
+            elif exc.code == "upstream_failed" and self._probe is not None:
+                self._probe.reachable, self._probe.reason = False, exc.message
+            raise
+
+    def model_state(self, model: str) -> ModelState:
+        problem = self._problem(model)
+        return ModelState(
+            state="remote", healthy=problem is None, reason=problem, since=self._since
+        )
+
+    def health(self) -> dict[str, Any]:
+        probe = self._probe
+        if probe is None or not probe.reachable:
+            reason: str | None = self._problem("")
+        elif probe.mismatch:
+            reason = "; ".join(f"{m}: {why}" for m, why in probe.mismatch.items())
+        else:
+            reason = None
+        return {
+            "kind": self.backend.config.kind,
+            "managed": False,
+            "healthy": reason is None,
+            "reason": reason,
+            "checked_at": self._checked_at,
+            "models": {m: self.model_state(m).as_dict() for m in self.backend.config.models},
+        }
