@@ -1,0 +1,262 @@
+"""Managed instances as Docker containers, local or on a remote engine (``tcp://``, ``ssh://``).
+
+The Docker SDK is blocking: every call runs in a worker thread via ``asyncio.to_thread``.
+Containers carry ``embedding-gateway.*`` labels so a restarted gateway can find and adopt them.
+An image is pulled only when ``pull: true``; creating a container never pulls implicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import docker
+import structlog
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
+from docker.types import DeviceRequest
+
+from ..config import ManagedConfig
+from ..errors import RuntimeStartError
+from .base import FoundInstance, InstanceHandle, InstanceSpec
+from .ports import is_port_free
+from .secrets import redact_env, scrub
+
+__all__ = ["DockerRuntime", "container_name", "device_requests", "redact_env"]
+
+LABEL_PREFIX = "embedding-gateway."
+LABEL_BACKEND = LABEL_PREFIX + "backend"
+LABEL_MODEL = LABEL_PREFIX + "model"
+LABEL_INSTANCE = LABEL_PREFIX + "instance"
+LABEL_HOST_PORT = LABEL_PREFIX + "host_port"
+
+_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
+_PORT_TAKEN = ("address already in use", "port is already allocated")
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def container_name(backend: str, instance: str) -> str:
+    """``embedding-gateway-{backend}-{instance}`` with characters Docker refuses replaced."""
+    return _NAME_CHARS.sub("-", f"embedding-gateway-{backend}-{instance}")
+
+
+def device_requests(gpus: list[str] | str) -> list[DeviceRequest]:
+    """``all`` → every GPU, ``none`` → no device request, a list → those device ids."""
+    if gpus == "none":
+        return []
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return [DeviceRequest(device_ids=list(gpus), capabilities=[["gpu"]])]
+
+
+def fill(template: str, spec: InstanceSpec) -> str:
+    """Fill ``{model}`` and ``{port}`` (the port the server listens on inside the container)."""
+    return template.replace("{model}", spec.model_arg).replace(
+        "{port}", str(spec.managed.container_port))
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, APIError) and exc.explanation:
+        return str(exc.explanation)
+    return str(exc)
+
+
+class DockerRuntime:
+    """Runs each instance as one container on the engine at ``managed.docker_host``."""
+
+    def __init__(self, managed: ManagedConfig) -> None:
+        self._docker_host = managed.docker_host
+        self._client: docker.DockerClient | None = None
+        self._connect_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"DockerRuntime(docker_host={self._where!r})"
+
+    @property
+    def _where(self) -> str:
+        return self._docker_host or "the local socket"
+
+    @property
+    def _local(self) -> bool:
+        return self._docker_host is None or self._docker_host.startswith("unix://")
+
+    def _connect(self) -> docker.DockerClient:
+        if self._docker_host is None:
+            client = docker.from_env()
+        else:
+            ssh = self._docker_host.startswith("ssh://")
+            client = docker.DockerClient(base_url=self._docker_host, use_ssh_client=ssh)
+        client.ping()
+        return client
+
+    async def _docker(self) -> docker.DockerClient:
+        async with self._connect_lock:
+            if self._client is None:
+                try:
+                    self._client = await asyncio.to_thread(self._connect)
+                except (DockerException, OSError) as exc:
+                    raise RuntimeStartError(
+                        f"cannot reach the Docker daemon at {self._where}: {exc}") from exc
+            return self._client
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _container(self, ref: str) -> Container | None:
+        client = await self._docker()
+        try:
+            return await self._call(client.containers.get, ref)
+        except NotFound:
+            return None
+
+    async def start(self, spec: InstanceSpec) -> InstanceHandle:
+        managed = spec.managed
+        env = managed.env
+        client = await self._docker()
+        image = managed.image or ""
+        name = container_name(spec.backend, spec.instance)
+        try:
+            await self._ensure_image(client, image, managed.pull)
+            leftover = await self._container(name)
+            if leftover is not None:
+                log.info("container_leftover_removed", container=name)
+                await self._force_remove(leftover)
+            if self._local and not is_port_free(spec.host_port):
+                raise RuntimeStartError(self._port_taken(spec.host_port))
+            labels = {
+                LABEL_BACKEND: spec.backend,
+                LABEL_MODEL: spec.model,
+                LABEL_INSTANCE: spec.instance,
+                LABEL_HOST_PORT: str(spec.host_port),
+            }
+            binding: Any = ("127.0.0.1", spec.host_port) if self._local else spec.host_port
+            container = await self._call(
+                client.containers.create,
+                image,
+                command=[fill(arg, spec) for arg in managed.args] or None,
+                name=name,
+                labels=labels,
+                environment={key: fill(value, spec) for key, value in env.items()},
+                ports={f"{managed.container_port}/tcp": binding},
+                volumes=[fill(volume, spec) for volume in managed.volumes],
+                init=managed.init,
+                shm_size=managed.shm_size,
+                device_requests=device_requests(managed.gpus),
+                detach=True,
+            )
+        except RuntimeStartError:
+            raise
+        except (DockerException, OSError) as exc:
+            message = f"container {name} could not be created: {_explain(exc)}"
+            raise RuntimeStartError(scrub(message, env)) from None
+        try:
+            await self._call(container.start)
+        except (DockerException, OSError) as exc:
+            await self._force_remove(container)
+            reason = _explain(exc)
+            if any(marker in reason for marker in _PORT_TAKEN):
+                raise RuntimeStartError(self._port_taken(spec.host_port)) from None
+            message = f"container {name} could not be started: {reason}"
+            raise RuntimeStartError(scrub(message, env)) from None
+        log.info("container_started", container=name, image=image, host_port=spec.host_port,
+                 docker_host=self._where)
+        return InstanceHandle(spec=spec, ref=container.id, labels=labels)
+
+    def _port_taken(self, port: int) -> str:
+        return f"host port {port} is already in use on {self._where}; choose another port"
+
+    async def _ensure_image(self, client: docker.DockerClient, image: str, pull: bool) -> None:
+        try:
+            await self._call(client.images.get, image)
+            return
+        except ImageNotFound:
+            if not pull:
+                raise RuntimeStartError(
+                    f"image {image} is not present on the Docker host ({self._where}); "
+                    "pull it or set pull: true") from None
+        log.info("image_pull", image=image, docker_host=self._where)
+        try:
+            await self._call(client.images.pull, image)
+        except (DockerException, OSError) as exc:
+            raise RuntimeStartError(f"image {image} could not be pulled: {_explain(exc)}") from None
+
+    async def _force_remove(self, container: Container) -> None:
+        try:
+            await self._call(container.remove, force=True)
+        except NotFound:
+            pass
+        except APIError as exc:
+            if exc.status_code != 409:  # removal already in progress
+                raise
+
+    async def stop(self, handle: InstanceHandle, grace: float) -> None:
+        container = await self._container(handle.ref)
+        if container is None:
+            return
+        try:
+            await self._call(container.stop, timeout=max(0, round(grace)))
+        except NotFound:
+            return
+        await self._force_remove(container)
+        log.info("container_stopped", container=container.name)
+
+    async def is_alive(self, handle: InstanceHandle) -> bool:
+        try:
+            container = await self._container(handle.ref)
+        except (DockerException, OSError) as exc:
+            log.warning("container_state_unknown", ref=handle.ref[:12], error=str(exc))
+            return False
+        return container is not None and container.status == "running"
+
+    async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
+        container = await self._container(handle.ref)
+        if container is None:
+            return ""
+        try:
+            raw: bytes = await self._call(container.logs, tail=lines)
+        except NotFound:
+            return ""
+        return scrub(raw.decode("utf-8", "replace"), handle.spec.managed.env)
+
+    async def find_existing(self, backend: str) -> list[FoundInstance]:
+        client = await self._docker()
+        containers = await self._call(
+            client.containers.list, all=True, filters={"label": f"{LABEL_BACKEND}={backend}"})
+        return [self._found(container) for container in containers]
+
+    @staticmethod
+    def _found(container: Container) -> FoundInstance:
+        labels = container.labels
+        port = labels.get(LABEL_HOST_PORT, "")
+        return FoundInstance(
+            ref=container.id,
+            backend=labels.get(LABEL_BACKEND, ""),
+            model=labels.get(LABEL_MODEL, ""),
+            instance=labels.get(LABEL_INSTANCE, ""),
+            host_port=int(port) if port.isdigit() else None,
+            running=container.status == "running",
+        )
+
+    async def adopt(self, found: FoundInstance, spec: InstanceSpec) -> InstanceHandle:
+        container = await self._container(found.ref)
+        if container is None:
+            raise RuntimeStartError(f"container {found.ref[:12]} is gone; it cannot be adopted")
+        labels = {k: v for k, v in container.labels.items() if k.startswith(LABEL_PREFIX)}
+        log.info("container_adopted", container=container.name, model=found.model)
+        return InstanceHandle(spec=spec, ref=container.id, labels=labels)
+
+    async def remove(self, found: FoundInstance) -> None:
+        container = await self._container(found.ref)
+        if container is not None:
+            await self._force_remove(container)
+            log.info("container_removed", container=container.name)
+
+    async def close(self) -> None:
+        async with self._connect_lock:
+            if self._client is not None:
+                await self._call(self._client.close)
+                self._client = None
