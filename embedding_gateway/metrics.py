@@ -1,0 +1,147 @@
+"""Prometheus metrics for one gateway app, on the app's own registry.
+
+Each ``Metrics`` owns a ``CollectorRegistry`` so that several apps in one process (tests, or
+an app rebuilt on reload) never collide on the global default registry. Label values are
+configured model and backend names only, never raw client input, to keep cardinality bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+INSTANCE_STATES = ("loaded", "loading", "idle", "failed", "draining")
+UPSTREAM_ERROR_KINDS = (
+    "refused",
+    "timeout",
+    "status_4xx",
+    "status_5xx",
+    "mismatch",
+    "bad_response",
+)
+
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600)
+SWAP_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+_PREFIX = "embedding_gateway"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        reg = self.registry
+        self._requests = Counter(
+            f"{_PREFIX}_requests_total",
+            "Embedding requests answered, by model, backend and HTTP status.",
+            ["model", "backend", "status"],
+            registry=reg,
+        )
+        self._request_duration = Histogram(
+            f"{_PREFIX}_request_duration_seconds",
+            "Time from request received to response written.",
+            ["model", "backend"],
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        )
+        self._inputs = Counter(
+            f"{_PREFIX}_inputs_total",
+            "Input texts embedded.",
+            ["model", "backend"],
+            registry=reg,
+        )
+        self._tokens = Counter(
+            f"{_PREFIX}_tokens_total",
+            "Prompt tokens reported in usage.",
+            ["model", "backend"],
+            registry=reg,
+        )
+        self._upstream_errors = Counter(
+            f"{_PREFIX}_upstream_errors_total",
+            "Failed upstream calls, by kind: " + ", ".join(UPSTREAM_ERROR_KINDS) + ".",
+            ["backend", "kind"],
+            registry=reg,
+        )
+        self._queue_depth = Gauge(
+            f"{_PREFIX}_queue_depth",
+            "Requests waiting for a model to become ready.",
+            ["backend"],
+            registry=reg,
+        )
+        self._queue_wait = Histogram(
+            f"{_PREFIX}_queue_wait_seconds",
+            "Time a request waited for its model (including a swap).",
+            ["backend", "model"],
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=reg,
+        )
+        self._swaps = Counter(
+            f"{_PREFIX}_swaps_total",
+            "Model swaps on a managed backend.",
+            ["backend"],
+            registry=reg,
+        )
+        self._swap_duration = Histogram(
+            f"{_PREFIX}_swap_duration_seconds",
+            "Time from swap start until the new model is ready.",
+            ["backend"],
+            buckets=SWAP_BUCKETS,
+            registry=reg,
+        )
+        self._instance_state = Gauge(
+            f"{_PREFIX}_instance_state",
+            "1 for the current state of a managed model instance, 0 for the others.",
+            ["backend", "model", "state"],
+            registry=reg,
+        )
+        self._backend_healthy = Gauge(
+            f"{_PREFIX}_backend_healthy",
+            "1 if the backend's last health check passed.",
+            ["backend"],
+            registry=reg,
+        )
+
+    def observe_request(
+        self, *, model: str, backend: str, status: int, seconds: float, inputs: int, tokens: int
+    ) -> None:
+        self._requests.labels(model=model, backend=backend, status=str(status)).inc()
+        self._request_duration.labels(model=model, backend=backend).observe(seconds)
+        self._inputs.labels(model=model, backend=backend).inc(inputs)
+        self._tokens.labels(model=model, backend=backend).inc(tokens)
+
+    def upstream_error(self, *, backend: str, kind: str) -> None:
+        if kind not in UPSTREAM_ERROR_KINDS:
+            raise ValueError(f"unknown upstream error kind {kind!r}")
+        self._upstream_errors.labels(backend=backend, kind=kind).inc()
+
+    def set_queue_depth(self, *, backend: str, depth: int) -> None:
+        self._queue_depth.labels(backend=backend).set(depth)
+
+    def observe_queue_wait(self, *, backend: str, model: str, seconds: float) -> None:
+        self._queue_wait.labels(backend=backend, model=model).observe(seconds)
+
+    def observe_swap(self, *, backend: str, seconds: float) -> None:
+        self._swaps.labels(backend=backend).inc()
+        self._swap_duration.labels(backend=backend).observe(seconds)
+
+    def set_instance_state(self, *, backend: str, model: str, state: str) -> None:
+        if state not in INSTANCE_STATES:
+            raise ValueError(f"unknown instance state {state!r}")
+        for candidate in INSTANCE_STATES:
+            value = 1 if candidate == state else 0
+            self._instance_state.labels(backend=backend, model=model, state=candidate).set(value)
+
+    def set_backend_health(self, *, backend: str, healthy: bool) -> None:
+        self._backend_healthy.labels(backend=backend).set(1 if healthy else 0)
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition and its full Content-Type (with version and charset)."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
