@@ -176,7 +176,7 @@ async def test_secret_env_values_stay_out_of_errors_logs_and_reprs(
 ) -> None:
     env = {"HF_TOKEN": SECRET, "api_key": SECRET, "PLAIN": "visible"}
     not_executable = ManagedConfig(runtime="docker", image=clean_containers, env=env,
-                                   args=[f"/no/such/{SECRET}"])
+                                   args=[f"/no/such/{SECRET}"], init=False)
     with pytest.raises(RuntimeStartError) as caught:
         await runtime.start(spec_for(not_executable))
     assert "/no/such/***" in str(caught.value)
