@@ -359,7 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-client-batch-size", type=int, default=32)
     parser.add_argument("--max-input-length", type=int, default=512)
     parser.add_argument("--max-concurrent-requests", type=int, default=512)
-    parser.add_argument("--auto-truncate", default="true", choices=["true", "false"])
+    parser.add_argument(
+        "--auto-truncate", nargs="?", const="true", default="true", choices=["true", "false"]
+    )
     parser.add_argument("--payload-limit", type=int, default=PAYLOAD_LIMIT)
     parser.add_argument("--api-key")
 
