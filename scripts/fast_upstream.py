@@ -96,7 +96,9 @@ class VectorItems:
 
 
 class FastUpstream:
-    def __init__(self, models: list[str], dims: int, max_inputs: int, seed: int) -> None:
+    def __init__(
+        self, models: list[str], dims: int, max_inputs: int, seed: int, backend: str | None
+    ) -> None:
         self.models = models
         self.dims = dims
         self.max_inputs = max_inputs
@@ -104,12 +106,21 @@ class FastUpstream:
         self.models_body = orjson.dumps(
             {
                 "object": "list",
-                "data": [
-                    {"id": name, "object": "model", "created": 0, "owned_by": "fast-upstream"}
-                    for name in models
-                ],
+                "data": [self.model_entry(name, backend) for name in models],
             }
         )
+
+    @staticmethod
+    def model_entry(name: str, backend: str | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "fast-upstream",
+        }
+        if backend:
+            entry |= {"backend": backend, "managed": True}
+        return entry
 
     async def embeddings(self, request: web.Request) -> web.Response:
         try:
@@ -170,12 +181,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-inputs", type=int, default=4096, help="largest batch accepted")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--managed-backend",
+        default=None,
+        help="list the models as managed by this backend, as the gateway's /v1/models does",
+    )
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
     models = [m.strip() for m in (args.model or f"fast-{args.dims}").split(",") if m.strip()]
-    upstream = FastUpstream(models, args.dims, args.max_inputs, args.seed)
+    upstream = FastUpstream(models, args.dims, args.max_inputs, args.seed, args.managed_backend)
     runner = web.AppRunner(upstream.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
