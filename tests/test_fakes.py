@@ -14,7 +14,7 @@ import pytest
 
 from tests.fakes import FAKE_STATE, serve_fake
 from tests.fakes.ollama import OLLAMA_STATE, create_ollama_app
-from tests.fakes.tei import create_tei_app
+from tests.fakes.tei import TEI_STATE, create_tei_app
 from tests.fakes.vectors import count_tokens, cut, fake_vector, fake_vectors, which_model
 from tests.fakes.vllm import create_vllm_app
 
@@ -114,6 +114,22 @@ async def test_tei_speaks_tei() -> None:
         sick = await http.get(f"{url}/health")
         assert sick.status == 503
         assert await sick.json() == {"error": "unhealthy", "error_type": "Unhealthy"}
+
+
+async def test_tei_refuses_a_single_input_when_its_permits_are_used_up() -> None:
+    app = create_tei_app("m", dims=8, max_concurrent_requests=1)
+    state = app[TEI_STATE]
+    state.delay = 0.3
+    async with aiohttp.ClientSession() as http, serve_fake(app) as url:
+        first = asyncio.ensure_future(http.post(f"{url}/embed", json={"inputs": "a"}))
+        async with state.slots:
+            await state.slots.wait_for(lambda: state.in_flight == 1)
+        second = await http.post(f"{url}/embed", json={"inputs": "b"})
+        assert (second.status, await second.json()) == (
+            429,
+            {"error": "Model is overloaded", "error_type": "Overloaded"},
+        )
+        assert (await first).status == 200
 
 
 async def test_a_hung_fake_answers_nothing_and_still_stops() -> None:

@@ -55,10 +55,11 @@ TEI_STATE = web.AppKey("tei_state", TeiState)
 
 
 class TeiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, raw: Any = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.raw = raw
 
     @property
     def error_type(self) -> str:
@@ -220,9 +221,8 @@ async def embed(request: web.Request) -> web.Response:
         truncate = body.get("truncate")
         vectors, _ = await _embed(request, body.get("inputs"), truncate, body)
     except TeiError as exc:
-        return web.json_response(
-            {"error": exc.message, "error_type": exc.error_type}, status=exc.status
-        )
+        body = {"error": exc.message, "error_type": exc.error_type}
+        return web.json_response(body if exc.raw is None else exc.raw, status=exc.status)
     except _Rejected as exc:
         return _rejection(str(exc))
     return web.json_response(vectors.tolist())
@@ -241,9 +241,8 @@ async def openai_embed(request: web.Request) -> web.Response:
     try:
         vectors, tokens = await _embed(request, body.get("input"), None, body)
     except TeiError as exc:
-        return web.json_response(
-            {"message": exc.message, "code": exc.status, "type": exc.error_type}, status=exc.status
-        )
+        body = {"message": exc.message, "code": exc.status, "type": exc.error_type}
+        return web.json_response(body if exc.raw is None else exc.raw, status=exc.status)
     except _Rejected as exc:
         return _rejection(str(exc))
     data = [
@@ -277,8 +276,8 @@ async def _embed(
     await hold(request)
     failure = fail_payload(state, lambda status: default_message(state, status))
     if failure is not None:
-        status, _, message = failure
-        raise TeiError(status, message)
+        status, payload, message = failure
+        raise TeiError(status, message, payload if isinstance(payload, dict | list) else None)
     parsed = parse_inputs(raw_inputs)
     if parsed is None:
         raise _Rejected("data did not match any variant of untagged enum Input")
@@ -343,6 +342,7 @@ class _Permits:
                 lambda: state.max_concurrent_requests - state.in_flight >= self.count
             )
             state.in_flight += self.count
+            state.slots.notify_all()
 
     async def __aexit__(self, *_: object) -> None:
         async with self.state.slots:
