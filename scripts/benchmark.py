@@ -169,10 +169,14 @@ class Endpoint:
             self.headers["Authorization"] = f"Bearer {api_key}"
 
     async def models(self) -> list[dict[str, Any]]:
-        async with self.session.get(self.api + "/models", headers=self.headers) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                raise SystemExit(f"GET {self.api}/models: {resp.status} {error_message(body)}")
+        try:
+            async with self.session.get(self.api + "/models", headers=self.headers) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SystemExit(f"GET {self.api}/models: {exc or type(exc).__name__}") from None
+        if status != 200:
+            raise SystemExit(f"GET {self.api}/models: {status} {error_message(body)}")
         return [entry for entry in orjson.loads(body).get("data", []) if "id" in entry]
 
     async def embed(self, model: str, inputs: list[str]) -> Outcome:
@@ -222,15 +226,22 @@ async def closed_loop(
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def proc_text(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except FileNotFoundError:
+        raise SystemExit(f"gateway process {pid} is gone") from None
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one process (fields 14 and 15 of /proc/PID/stat)."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
+    raw = proc_text(pid, "stat")
     fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in proc_text(pid, "status").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0

@@ -1,0 +1,241 @@
+"""scripts/benchmark.py end to end, as a subprocess, against scripts/fast_upstream.py on loopback.
+
+fast_upstream speaks the API the gateway serves (``--managed-backend`` even lists its models the
+way the gateway lists managed ones), so it stands in for the gateway here. No timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+STATS = {"p50", "p95", "p99", "mean", "min", "max"}
+SIDE = {
+    "requests",
+    "ok",
+    "inputs",
+    "elapsed_s",
+    "requests_per_s",
+    "inputs_per_s",
+    "latency_ms",
+    "errors",
+    "error_samples",
+}
+
+
+class Server:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "fast_upstream.py"), "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        ready, _, _ = select.select([self.proc.stdout], [], [], 15)
+        line = self.proc.stdout.readline() if ready else ""
+        match = re.search(r"http://127\.0\.0\.1:\d+", line)
+        if not match:
+            self.stop()
+            raise RuntimeError(f"fast_upstream did not start: {line!r}")
+        self.url = match.group(0)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Server]:
+    server = Server("--model", "fast-a,fast-b", "--dims", "256", "--managed-backend", "fake")
+    yield server
+    server.stop()
+
+
+def bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str, str]:
+    """Run the benchmark; return its JSON, its HTML and its stdout."""
+    out_json, out_html = tmp_path / "out.json", tmp_path / "out.html"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "benchmark.py"),
+            *args,
+            "--json",
+            str(out_json),
+            "--html",
+            str(out_html),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"PYTHONWARNINGS": "error"},
+    )
+    assert done.returncode == 0, done.stderr
+    html = out_html.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.rstrip().endswith("</html>")
+    assert "<svg" in html
+    assert "<script" not in html
+    assert not re.search(r"""(src|href)=["']?https?:""", html)
+    report = json.loads(out_json.read_text())
+    assert report["schema"] == "embedding-gateway-benchmark/1"
+    assert {"mode", "started_at", "finished_at", "settings", "environment", "results"} <= set(
+        report
+    )
+    return report, html, done.stdout
+
+
+def test_help_lists_the_modes() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "benchmark.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0
+    for mode in ("models", "load", "overhead"):
+        assert mode in done.stdout
+
+
+def test_models_mode_reports_each_model_and_the_swap(upstream: Server, tmp_path: Path) -> None:
+    report, html, stdout = bench(
+        tmp_path,
+        "models",
+        "--gateway",
+        upstream.url,
+        "--models",
+        "fast-a,fast-b,missing",
+        "--requests",
+        "5",
+        "--swaps",
+        "2",
+    )
+    assert report["mode"] == "models"
+    rows = {row["model"]: row for row in report["results"]["models"]}
+    assert set(rows) == {"fast-a", "fast-b", "missing"}
+    for name in ("fast-a", "fast-b"):
+        row = rows[name]
+        assert row["managed"] is True and row["backend"] == "fake"
+        assert row["dims"] == 256
+        assert row["prompt_tokens"] > 0
+        assert row["cold_ms"] > 0
+        assert row["warm_requests"] == 5
+        assert set(row["warm_ms"]) == STATS
+        assert row["errors"] == {}
+    assert rows["missing"]["errors"] == {"404": 1}
+    assert "does not exist" in rows["missing"]["error_samples"]["404"]
+    [swap] = report["results"]["swaps"]
+    assert swap["backend"] == "fake"
+    assert swap["models"] == ["fast-a", "fast-b"]
+    assert len(swap["times_ms"]) == 4
+    assert "fast-a" in stdout and "Swaps" in stdout
+    assert "Swap time per backend" in html
+
+
+def test_load_mode_sweeps_concurrency_and_batch(upstream: Server, tmp_path: Path) -> None:
+    report, _, stdout = bench(
+        tmp_path,
+        "load",
+        "--gateway",
+        upstream.url + "/v1",
+        "--concurrency",
+        "1,4",
+        "--batch",
+        "1,8",
+        "--duration",
+        "0.5",
+        "--encoding-format",
+        "base64",
+    )
+    cells = report["results"]["cells"]
+    assert [(c["concurrency"], c["batch"]) for c in cells] == [(1, 1), (1, 8), (4, 1), (4, 8)]
+    for cell in cells:
+        assert SIDE | {"model", "concurrency", "batch", "dims"} <= set(cell)
+        assert cell["model"] == "fast-a"  # the first model of GET /v1/models
+        assert cell["ok"] > 0 and cell["errors"] == {}
+        assert cell["inputs"] == cell["ok"] * cell["batch"]
+        assert cell["dims"] == 256
+        assert set(cell["latency_ms"]) == STATS
+    assert report["settings"]["encoding_format"] == "base64"
+    assert "inputs/s" in stdout
+
+
+def test_overhead_mode_compares_gateway_and_upstream(upstream: Server, tmp_path: Path) -> None:
+    direct = Server("--model", "fast-a", "--dims", "256")
+    try:
+        report, html, _ = bench(
+            tmp_path,
+            "overhead",
+            "--gateway",
+            upstream.url,
+            "--models",
+            "fast-b",
+            "--upstream",
+            direct.url,
+            "--upstream-model",
+            "fast-a",
+            "--concurrency",
+            "2",
+            "--batch",
+            "1,4",
+            "--duration",
+            "0.5",
+            "--slice",
+            "0.25",
+            "--gateway-pid",
+            str(upstream.pid),
+        )
+    finally:
+        direct.stop()
+    cells = report["results"]["cells"]
+    assert len(cells) == 2
+    for cell in cells:
+        assert (cell["model"], cell["upstream_model"]) == ("fast-b", "fast-a")
+        for side in ("gateway", "upstream"):
+            assert set(cell[side]) >= SIDE
+            assert cell[side]["ok"] > 0 and cell[side]["errors"] == {}
+        assert set(cell["added_ms"]) == {"p50", "p95", "p99", "mean"}
+        assert cell["throughput_ratio"] > 0
+        process = cell["gateway_process"]
+        assert process["pid"] == upstream.pid
+        assert process["cpu_s"] >= 0
+        assert process["rss_peak_mb"] >= process["rss_before_mb"] > 0
+    assert "Latency added by the gateway" in html
+
+
+def test_unreachable_gateway_fails_with_a_message(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "benchmark.py"),
+            "load",
+            "--gateway",
+            "http://127.0.0.1:9",
+            "--duration",
+            "0.2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "127.0.0.1:9" in done.stderr
