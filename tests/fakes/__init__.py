@@ -25,6 +25,7 @@ __all__ = [
     "add_common_args",
     "fail_payload",
     "hold",
+    "install_state",
     "pause",
     "run_cli",
     "serve_fake",
