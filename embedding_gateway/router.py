@@ -94,13 +94,13 @@ class Router:
     async def embed(self, request: EmbeddingRequest, route: Route) -> Embeddings:
         upstream = self.upstreams[route.backend]
         backend = upstream.backend
-        limit = backend.batch_limit(route.options)
 
         async def one_chunk(base_url: str, chunk: Inputs) -> Embeddings:
             async with upstream.semaphore:
                 return await backend.embed(base_url, route.model, route.options, chunk)
 
         async with upstream.lease(route.model) as base_url:
+            limit = backend.batch_limit(route.options)  # known once the upstream is checked
             parts = await gather_in_order(
                 [one_chunk(base_url, chunk) for chunk in split_batch(request.inputs, limit)]
             )

@@ -59,6 +59,10 @@ class Upstream(ABC):
         """A base URL serving ``model`` for the duration of one request."""
 
     @abstractmethod
+    async def wait_preloaded(self) -> None:
+        """Return once the models marked ``preload`` are loaded (or failed to)."""
+
+    @abstractmethod
     def model_state(self, model: str) -> ModelState: ...
 
     @abstractmethod
@@ -83,12 +87,29 @@ class RemoteUpstream(Upstream):
         self._since = time.time()
         self._refreshing: asyncio.Task[Probe] | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._preload: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}")
+        self._preload = asyncio.create_task(self._run_preloads())
+
+    async def _run_preloads(self) -> None:
+        """Ollama loads on demand; ``preload`` asks it to load now (an empty ``/api/embed``)."""
+        for model, opts in self.backend.config.models.items():
+            if opts.preload:
+                try:
+                    await self.backend.preload(self.base_url, model, opts)
+                    log.info("model_preloaded", backend=self.name, model=model)
+                except GatewayError as exc:
+                    log.warning("preload_failed", backend=self.name, model=model,
+                                reason=exc.message)
+
+    async def wait_preloaded(self) -> None:
+        if self._preload is not None:
+            await asyncio.shield(self._preload)
 
     async def close(self) -> None:
-        for task in (self._loop_task, self._refreshing):
+        for task in (self._loop_task, self._refreshing, self._preload):
             if task is not None:
                 task.cancel()
                 with suppress(asyncio.CancelledError, GatewayError):

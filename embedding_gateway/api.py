@@ -1,0 +1,109 @@
+"""Thin handlers: ``/v1/embeddings``, ``/v1/models``, ``/health``, ``/health/ready``,
+``/metrics``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .errors import InvalidRequest
+from .schemas import parse_embedding_request, response_chunks
+from .state import GATEWAY, LOG_FIELDS
+
+STREAM_ABOVE_VALUES = 64 * 1024  # responses with more floats than this are written in pieces
+STARTED = int(time.time())
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    fields = request[LOG_FIELDS]
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        raise InvalidRequest(
+            f"Content-Type must be application/json, got {request.content_type}"
+        )
+    body = await request.read()
+    parsed = parse_embedding_request(body, max_inputs=gateway.config.server.limits.max_inputs)
+    router = gateway.routes()
+    route = router.resolve(parsed.model)
+    fields.update(model=parsed.model, backend=route.backend, inputs=len(parsed.inputs))
+    router.check(parsed, route)
+    result = await router.embed(parsed, route)
+    fields["tokens"] = result.prompt_tokens
+    chunks = response_chunks(result, model=parsed.model, encoding_format=parsed.encoding_format)
+    if result.vectors.size <= STREAM_ABOVE_VALUES:
+        return web.Response(body=b"".join(chunks), content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def models(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    data = []
+    for name, route in gateway.routes().routes.items():
+        upstream = gateway.upstreams[route.backend]
+        state = upstream.model_state(route.model)
+        data.append({
+            "id": name,
+            "object": "model",
+            "created": STARTED,
+            "owned_by": "embedding-gateway",
+            "backend": route.backend,
+            "kind": upstream.backend.config.kind,
+            "alias_of": route.alias_of,
+            "dimensions": route.options.dimensions,
+            "matryoshka": route.options.matryoshka,
+            "managed": upstream.managed,
+            **state.as_dict(),
+        })
+    return json_response({"object": "list", "data": data})
+
+
+async def health(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    backends = {name: u.health() for name, u in gateway.upstreams.items()}
+    healthy = all(b["healthy"] for b in backends.values())
+    for name, b in backends.items():
+        gateway.metrics.set_backend_health(backend=name, healthy=bool(b["healthy"]))
+    body = {
+        "status": "ok" if healthy and not gateway.draining else "degraded",
+        "draining": gateway.draining,
+        "backends": backends,
+    }
+    return json_response(body, 200 if healthy and not gateway.draining else 503)
+
+
+async def ready(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    serving = sorted(n for n, u in gateway.upstreams.items() if u.can_serve)
+    is_ready = bool(serving) and not gateway.draining
+    return json_response(
+        {"status": "ready" if is_ready else "not_ready", "serving_backends": serving},
+        200 if is_ready else 503,
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[GATEWAY].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,51 @@
+"""``create_app``: routes, middlewares, the playground and resource lifetimes; starts nothing.
+
+Resources live in ``cleanup_ctx``: the HTTP client session, then the gateway (upstreams,
+their background probes and managed instances). They start when the app starts and are
+released in reverse order when it stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from . import api
+from .config import GatewayConfig
+from .metrics import Metrics
+from .middlewares import gatekeeper, request_context
+from .state import GATEWAY, Gateway, RuntimeFactory, default_runtime
+
+
+def create_app(
+    config: GatewayConfig, *, runtime_factory: RuntimeFactory | None = None
+) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context, gatekeeper],
+        client_max_size=config.server.limits.max_body_bytes,
+    )
+
+    gateway = Gateway(
+        config=config, metrics=Metrics(), runtime_factory=runtime_factory or default_runtime
+    )
+    app[GATEWAY] = gateway
+
+    async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=60)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await gateway.start(session)
+            try:
+                yield
+            finally:
+                await gateway.close()
+
+    app.cleanup_ctx.append(gateway_ctx)
+    api.add_routes(app)
+    if config.server.playground:
+        from .playground import PLAYGROUND_CONTEXT, setup_playground
+
+        app[PLAYGROUND_CONTEXT] = {"auth_required": bool(config.server.api_keys)}
+        setup_playground(app)
+    return app

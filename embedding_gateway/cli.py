@@ -1,0 +1,148 @@
+"""``embedding-gateway serve | check-config``: logging, the server, signals and sd_notify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from .app import create_app
+from .config import GatewayConfig, load_config
+from .errors import ConfigError
+from .state import GATEWAY
+from .systemd import Notifier
+
+log = structlog.get_logger("embedding_gateway")
+
+
+def configure_logging(level: str = "info") -> None:
+    """JSON lines off a TTY (journald, files), a readable console on a TTY."""
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer()
+        if sys.stdout.isatty()
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def check_config(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} error(s)", file=sys.stderr)
+        return 1
+    models = sum(len(b.models) for b in config.backends.values())
+    print(f"{path}: ok ({len(config.backends)} backends, {models} models)")
+    return 0
+
+
+async def serve(path: str, config: GatewayConfig) -> int:
+    notifier = Notifier()
+    app = create_app(config)
+    gateway = app[GATEWAY]
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=config.server.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("listen_failed", host=config.server.host, port=config.server.port,
+                  error=exc.strerror)
+        await runner.cleanup()
+        return 1
+    await gateway.wait_preloaded(config.server.ready_after_preload)
+    log.info("listening", host=config.server.host, port=config.server.port)
+    notifier.ready(gateway.summary())
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: asyncio.Queue[None] = asyncio.Queue()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
+
+    async def reload_loop() -> None:
+        while True:
+            await reloads.get()
+            notifier.reloading()
+            try:
+                new_config = load_config(path)
+            except ConfigError as exc:
+                log.error("reload_rejected", problems=exc.problems)
+            else:
+                await gateway.reload(new_config)
+                log.info("reloaded", backends=sorted(new_config.backends))
+            notifier.ready(gateway.summary())
+
+    async def status_loop() -> None:
+        while True:
+            await asyncio.sleep(5)
+            notifier.status(gateway.summary())
+
+    tasks = [asyncio.create_task(t) for t in
+             (notifier.run_watchdog(), reload_loop(), status_loop())]
+    await stop.wait()
+    log.info("stopping", drain_timeout=config.server.shutdown_timeout)
+    notifier.stopping("draining in-flight requests")
+    gateway.draining = True
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await runner.cleanup()  # stops listening, waits for in-flight requests, then on_cleanup
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="embedding-gateway",
+        description="One OpenAI-compatible /v1/embeddings endpoint over Ollama, TEI and vLLM.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("serve", "run the gateway"),
+                            ("check-config", "validate a config file and list every error")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--config", "-c", required=True, help="path to the YAML config")
+        if name == "serve":
+            cmd.add_argument("--log-level", default="info",
+                             choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.config)
+    configure_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("config_error", problem=problem)
+        return 1
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve(args.config, config))
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

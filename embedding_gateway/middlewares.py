@@ -1,0 +1,126 @@
+"""Request id, one canonical log line, auth, and the one place errors are rendered."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+import structlog
+from aiohttp import web
+
+from .errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from .state import GATEWAY, LOG_FIELDS
+
+log = structlog.get_logger("embedding_gateway.request")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PUBLIC_PATHS = ("/health", "/health/ready", "/playground", "/favicon.ico")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def render_error(error: GatewayError, request_id: str | None = None) -> web.Response:
+    headers = dict(error.headers)
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return web.Response(
+        body=orjson.dumps(error.envelope()),
+        status=error.status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge(
+            f"the request body is larger than this gateway's limit of {exc.max_size} bytes"
+        )
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such route; the API is under /v1 (POST /v1/embeddings)")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"method {exc.method} is not allowed here")
+    return InvalidRequest(exc.reason, status=exc.status)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: request id, error rendering, the canonical log line and request metrics."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    fields: dict[str, object] = {}
+    request[LOG_FIELDS] = fields
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+        response.headers["X-Request-ID"] = request_id
+    except GatewayError as exc:
+        response = render_error(exc, request_id)
+        fields["error"] = exc.message
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _from_http_exception(exc)
+        response = render_error(error, request_id)
+        fields["error"] = error.message
+    except Exception:
+        log.exception("unhandled_error", request_id=request_id, path=request.path)
+        response = render_error(InternalError("internal error; see the gateway's log"),
+                                request_id)
+    elapsed = time.perf_counter() - started
+    if "model" in fields:
+        request.app[GATEWAY].metrics.observe_request(
+            model=str(fields["model"]),
+            backend=str(fields.get("backend", "")),
+            status=response.status,
+            seconds=elapsed,
+            inputs=int(fields.get("inputs", 0)),  # type: ignore[call-overload]
+            tokens=int(fields.get("tokens", 0)),  # type: ignore[call-overload]
+        )
+    log.info(
+        "request",
+        request_id=request_id,
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        ms=round(elapsed * 1000, 2),
+        **fields,
+    )
+    return response
+
+
+@web.middleware
+async def gatekeeper(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse work while shutting down, and check bearer keys in constant time."""
+    gateway = request.app[GATEWAY]
+    path = request.path
+    if path in PUBLIC_PATHS:
+        return await handler(request)
+    if gateway.draining:
+        raise Unavailable("the gateway is shutting down; retry on another instance",
+                          retry_after=2)
+    keys = gateway.config.server.api_keys
+    if keys and not (path == "/metrics" and gateway.config.metrics.public):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        matched = False
+        for key in keys:  # every key is compared, so timing does not tell which one matched
+            matched |= hmac.compare_digest(given, key.encode())
+        if not matched:
+            raise AuthenticationFailed(
+                "missing or invalid API key; send 'Authorization: Bearer <key>'"
+            )
+    return await handler(request)

@@ -1,0 +1,190 @@
+"""Managed instances as local processes (``managed.command``).
+
+Each process runs in its own session and process group, so stopping it signals everything it
+spawned. Its merged stdout and stderr are kept in a bounded ring of recent lines. The systemd
+variables of the gateway (``NOTIFY_SOCKET``, ``WATCHDOG_*``) are not passed on: a child must
+never speak for the gateway. Processes do not outlive the gateway; ``stop_all`` at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import deque
+from dataclasses import dataclass, field
+
+import structlog
+
+from ..config import ManagedConfig
+from ..errors import RuntimeStartError
+from .base import FoundInstance, InstanceHandle, InstanceSpec
+from .secrets import scrub
+
+LOG_LINES = 200
+_SYSTEMD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+_GROUP_POLL = 0.05
+_DRAIN_TIMEOUT = 1.0
+_KILL_WAIT = 5.0
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Running:
+    process: asyncio.subprocess.Process
+    env: dict[str, str]
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    reader: asyncio.Task[None] | None = None
+
+
+def fill(template: str, spec: InstanceSpec) -> str:
+    """Fill ``{model}`` and ``{port}`` (the host port the process listens on)."""
+    return template.replace("{model}", spec.model_arg).replace("{port}", str(spec.host_port))
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    for name in _SYSTEMD_VARS:
+        env.pop(name, None)
+    return env
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+async def _group_gone(pgid: int, deadline: float) -> bool:
+    """Wait until no process is left in the group (descendants may outlive the leader, and
+    killed ones linger until reaped); nothing signals this, so it is polled."""
+    loop = asyncio.get_running_loop()
+    while _group_exists(pgid):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(_GROUP_POLL)
+    return True
+
+
+async def _collect(stream: asyncio.StreamReader, lines: deque[str]) -> None:
+    while True:
+        try:
+            raw = await stream.readline()
+        except ValueError:  # a line beyond the stream limit; the rest of it was dropped
+            lines.append("[line too long, dropped]")
+            continue
+        if not raw:
+            return
+        lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+
+
+async def _drain(running: _Running, *, cancel: bool) -> None:
+    """Let the reader take in what an exited process wrote; bounded, because a descendant
+    that left the process group may hold the pipe open."""
+    if running.reader is None:
+        return
+    await asyncio.wait({running.reader}, timeout=_DRAIN_TIMEOUT)
+    if cancel and not running.reader.done():
+        running.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running.reader
+
+
+class ProcessRuntime:
+    """Runs each instance as a local process group; the handle's ``ref`` is the pid."""
+
+    def __init__(self, managed: ManagedConfig) -> None:
+        """``managed`` mirrors ``DockerRuntime``; each spec carries its own settings."""
+        self._running: dict[str, _Running] = {}
+
+    def __repr__(self) -> str:
+        return f"ProcessRuntime(running={sorted(self._running)})"
+
+    async def start(self, spec: InstanceSpec) -> InstanceHandle:
+        command = [fill(part, spec) for part in spec.managed.command]
+        env = {name: fill(value, spec) for name, value in spec.managed.env.items()}
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env=child_environment(env),
+            )
+        except FileNotFoundError:
+            raise RuntimeStartError(f"command {command[0]!r} not found") from None
+        except PermissionError:
+            raise RuntimeStartError(f"command {command[0]!r} is not executable") from None
+        except OSError as exc:
+            raise RuntimeStartError(scrub(f"command {command[0]!r} failed: {exc}", env)) from None
+        running = _Running(process=process, env=env)
+        assert process.stdout is not None
+        running.reader = asyncio.create_task(_collect(process.stdout, running.lines))
+        ref = str(process.pid)
+        self._running[ref] = running
+        log.info("process_started", pid=process.pid, command=command[0], port=spec.host_port)
+        return InstanceHandle(spec=spec, ref=ref)
+
+    async def stop(self, handle: InstanceHandle, grace: float) -> None:
+        await self._stop(handle.ref, grace)
+
+    async def stop_all(self, grace: float) -> None:
+        """Stop every process this runtime started (at gateway shutdown)."""
+        await asyncio.gather(*(self._stop(ref, grace) for ref in list(self._running)))
+
+    async def _stop(self, ref: str, grace: float) -> None:
+        running = self._running.pop(ref, None)
+        if running is None:
+            return
+        process = running.process
+        pgid = process.pid  # the leader of its own session: pgid == pid
+        _signal_group(pgid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace)
+        if not await _group_gone(pgid, deadline):
+            log.warning("process_killed", pid=process.pid, grace=grace)
+            _signal_group(pgid, signal.SIGKILL)
+            await _group_gone(pgid, loop.time() + _KILL_WAIT)
+        await process.wait()
+        await _drain(running, cancel=True)
+        log.info("process_stopped", pid=process.pid, returncode=process.returncode)
+
+    async def is_alive(self, handle: InstanceHandle) -> bool:
+        running = self._running.get(handle.ref)
+        return running is not None and running.process.returncode is None
+
+    async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
+        running = self._running.get(handle.ref)
+        if running is None or lines <= 0:
+            return ""
+        if running.process.returncode is not None:
+            await _drain(running, cancel=False)
+        tail = list(running.lines)[-lines:]
+        return scrub("\n".join(tail) + ("\n" if tail else ""), running.env)
+
+    async def find_existing(self, backend: str) -> list[FoundInstance]:
+        return []
+
+    async def adopt(self, found: FoundInstance, spec: InstanceSpec) -> InstanceHandle:
+        raise RuntimeStartError("local processes do not outlive the gateway; none to adopt")
+
+    async def remove(self, found: FoundInstance) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+

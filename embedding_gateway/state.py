@@ -1,0 +1,104 @@
+"""The running gateway: config, upstreams and router, held on the app under ``GATEWAY``.
+
+A reload builds a new ``Router`` over a new set of upstreams (keeping the ones whose backend
+config did not change) and swaps it in with one assignment, so a request sees either the old
+world or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .backends import create_backend
+from .config import BackendConfig, GatewayConfig, ManagedConfig
+from .metrics import Metrics
+from .router import Router
+from .runtimes.base import Runtime
+from .supervisor import DeviceLedger, Supervisor
+from .upstream import RemoteUpstream, Upstream
+
+RuntimeFactory = Callable[[ManagedConfig], Runtime]
+
+
+def default_runtime(managed: ManagedConfig) -> Runtime:
+    if managed.runtime == "docker":
+        from .runtimes.docker import DockerRuntime
+
+        return DockerRuntime(managed)
+    from .runtimes.process import ProcessRuntime
+
+    return ProcessRuntime(managed)
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    metrics: Metrics
+    runtime_factory: RuntimeFactory = default_runtime
+    session: aiohttp.ClientSession | None = None
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    router: Router | None = None
+    draining: bool = False
+
+    def __post_init__(self) -> None:
+        self.ledger = DeviceLedger(self.config.gpus)
+
+    def build_upstream(self, name: str, backend_config: BackendConfig) -> Upstream:
+        assert self.session is not None
+        backend = create_backend(name, backend_config, self.session)
+        server = self.config.server
+        if backend_config.managed is None:
+            return RemoteUpstream(
+                backend, interval=server.health_interval, probe_timeout=server.health_timeout
+            )
+        return Supervisor(
+            backend,
+            self.runtime_factory(backend_config.managed),
+            metrics=self.metrics,
+            probe_timeout=server.health_timeout,
+            ledger=self.ledger,
+        )
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.upstreams = {
+            name: self.build_upstream(name, backend)
+            for name, backend in self.config.backends.items()
+        }
+        self.router = Router(self.config, self.upstreams)
+        for upstream in self.upstreams.values():
+            await upstream.start()
+
+    async def close(self) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.close()
+
+    async def wait_preloaded(self, enabled: bool = True) -> None:
+        if enabled:
+            await asyncio.gather(*(u.wait_preloaded() for u in self.upstreams.values()))
+
+    def routes(self) -> Router:
+        assert self.router is not None, "Gateway.start() has not run"
+        return self.router
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=."""
+        parts = [f"serving {len(self.routes().routes)} model names"]
+        for name, upstream in self.upstreams.items():
+            if upstream.managed:
+                loaded = [m for m in upstream.backend.config.models
+                          if upstream.model_state(m).state == "loaded"]
+                parts.append(f"{name}: {', '.join(loaded) + ' loaded' if loaded else 'idle'}")
+            elif not upstream.health()["healthy"]:
+                parts.append(f"{name}: unhealthy")
+        return "; ".join(parts)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+LOG_FIELDS = web.RequestKey("log_fields", dict[str, Any])

@@ -1,0 +1,502 @@
+"""Managed instances of one backend: start, health-wait, verify, serve, drain, swap, stop, adopt.
+
+States: ``stopped → starting → ready → draining → stopping`` and ``failed`` (with a reason).
+Handlers never look at a state and act on it: they ``lease(model)`` and await. Every decision
+is taken in ``_schedule`` (synchronous, so nothing interleaves with it), using the pure
+functions in ``policy``; the slow work it decides on (start, health wait, stop) runs in tasks
+the supervisor owns, so a client that disconnects never cancels a start or a swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
+
+from . import policy
+from .backends.base import Backend, served_name, upstream_name
+from .config import GpuConfig
+from .errors import GatewayError, QueueFull, RuntimeStartError, Unavailable
+from .metrics import Metrics
+from .runtimes.base import InstanceHandle, InstanceSpec, Runtime
+from .upstream import ModelState, Upstream
+
+log = structlog.get_logger("embedding_gateway.supervisor")
+
+FIRST_POLL, MAX_POLL = 0.05, 1.0  # health polling: fast at first, then back off
+
+
+@dataclass
+class Instance:
+    id: str
+    slot: int
+    model: str
+    port: int
+    base_url: str
+    state: str = "starting"
+    handle: InstanceHandle | None = None
+    inflight: int = 0
+    since: float = field(default_factory=time.time)
+    ready_since: float | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Waiter:
+    model: str
+    future: asyncio.Future[Instance]
+    enqueued: float
+
+
+class DeviceLedger:
+    """GPU memory shared by the instances of every managed backend."""
+
+    def __init__(self, gpus: dict[str, GpuConfig]) -> None:
+        self.gpus = gpus
+        self.supervisors: list[Supervisor] = []
+
+    def budget(self, gpu: str | None) -> float | None:
+        return self.gpus[gpu].memory_gb if gpu in self.gpus else None
+
+    def views(self) -> list[tuple[Supervisor, policy.InstanceView]]:
+        return [(s, v) for s in self.supervisors for v in s.views()]
+
+
+class Supervisor(Upstream):
+    def __init__(
+        self,
+        backend: Backend,
+        runtime: Runtime,
+        *,
+        metrics: Metrics,
+        probe_timeout: float,
+        ledger: DeviceLedger | None = None,
+    ) -> None:
+        super().__init__(backend)
+        assert backend.config.managed is not None
+        self.managed = True
+        self.cfg = backend.config.managed
+        self.runtime = runtime
+        self.metrics = metrics
+        self.probe_timeout = probe_timeout
+        self.ledger = ledger or DeviceLedger({})
+        self.ledger.supervisors.append(self)
+        self.instances: dict[str, Instance] = {}
+        self.waiters: list[Waiter] = []
+        self.last_error: dict[str, tuple[float, str]] = {}
+        self.runtime_error: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._preloads: list[asyncio.Task[None]] = []
+        parts = urlsplit(backend.config.base_url)
+        self._scheme, self._host = parts.scheme, parts.hostname or "127.0.0.1"
+        self._base_port = parts.port or (443 if parts.scheme == "https" else 80)
+
+    # -- what handlers call ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(self, model: str) -> AsyncIterator[str]:
+        instance = self._fast_path(model)
+        if instance is None:
+            instance = await self._wait_for(model)
+        try:
+            yield instance.base_url
+        finally:
+            instance.inflight -= 1
+            instance.last_used = time.monotonic()
+            self._wake.set()
+
+    def _fast_path(self, model: str) -> Instance | None:
+        """A ready (not draining) instance of ``model``, with the lease taken."""
+        for instance in self.instances.values():
+            if instance.model == model and instance.state == "ready":
+                instance.inflight += 1
+                return instance
+        return None
+
+    async def _wait_for(self, model: str) -> Instance:
+        if len(self.waiters) >= self.cfg.max_queue:
+            raise QueueFull(
+                f"backend {self.name!r} has {len(self.waiters)} requests queued (max_queue "
+                f"{self.cfg.max_queue}); retry shortly",
+                retry_after=max(1.0, self.cfg.max_wait),
+            )
+        waiter = Waiter(model, asyncio.get_running_loop().create_future(), time.monotonic())
+        self.waiters.append(waiter)
+        self.metrics.set_queue_depth(backend=self.name, depth=len(self.waiters))
+        self._wake.set()
+        try:
+            async with asyncio.timeout(self.cfg.queue_timeout):
+                instance = await asyncio.shield(waiter.future)
+        except TimeoutError:
+            raise Unavailable(
+                f"model {model!r} was not ready within queue_timeout "
+                f"({self.cfg.queue_timeout:g} s); retry later",
+                retry_after=min(30.0, self.cfg.queue_timeout),
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled() \
+                    and waiter.future.exception() is None:
+                waiter.future.result().inflight -= 1  # granted just as the client left
+            raise
+        finally:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+            self.metrics.set_queue_depth(backend=self.name, depth=len(self.waiters))
+        self.metrics.observe_queue_wait(
+            backend=self.name, model=model, seconds=time.monotonic() - waiter.enqueued
+        )
+        return instance
+
+    # -- the one place decisions are made ---------------------------------------------
+
+    def views(self) -> list[policy.InstanceView]:
+        models = self.backend.config.models
+        return [
+            policy.InstanceView(
+                instance=i.id, model=i.model, state=i.state, inflight=i.inflight,
+                last_used=i.last_used, ready_since=i.ready_since,
+                pinned=models[i.model].pinned if i.model in models else False,
+                memory_gb=(models[i.model].memory_gb or 0.0) if i.model in models else 0.0,
+                gpu=models[i.model].gpu if i.model in models else None,
+            )
+            for i in self.instances.values()
+        ]
+
+    def _has_free_slot(self) -> bool:
+        return len(self.instances) < self.cfg.max_instances
+
+    def _schedule(self) -> None:
+        now = time.monotonic()
+        self._grant_ready()
+        oldest: dict[str, float] = {}
+        for w in self.waiters:
+            oldest.setdefault(w.model, w.enqueued)
+        for model in policy.queue_order(oldest):
+            if any(i.model == model for i in self.instances.values()):
+                continue  # starting, or ready but held for another group; wait
+            if not self._make_room(model, waited=now - oldest[model], now=now):
+                break  # the oldest group waits for room; later groups wait behind it
+            self._start(model)
+        for view in self.views():
+            if policy.idle_expired(view, now, self.cfg.idle_timeout):
+                log.info("instance_idle_unload", backend=self.name, instance=view.instance)
+                self._retire(self.instances[view.instance])
+        for instance in list(self.instances.values()):
+            if instance.state == "draining" and instance.inflight == 0:
+                self._stop(instance)
+
+    def _grant_ready(self) -> None:
+        """Hand every waiter whose model is ready its instance, all of a group together."""
+        for waiter in list(self.waiters):
+            for instance in self.instances.values():
+                if instance.model == waiter.model and instance.state == "ready":
+                    if not waiter.future.done():
+                        instance.inflight += 1
+                        waiter.future.set_result(instance)
+                    self.waiters.remove(waiter)
+                    break
+
+    def _make_room(self, model: str, *, waited: float, now: float) -> bool:
+        opts = self.backend.config.models[model]
+        ledger_views = self.ledger.views()
+        shortfall = policy.memory_shortfall(
+            self.ledger.budget(opts.gpu), [v for _, v in ledger_views], opts.gpu,
+            opts.memory_gb or 0.0,
+        )
+        slots_needed = 0 if self._has_free_slot() else 1
+        if slots_needed == 0 and shortfall <= 0:
+            return True
+        if any(i.state in ("draining", "stopping") for i in self.instances.values()):
+            return False  # room is already being made
+        waiting_models = {w.model for w in self.waiters}
+        own = [v for v in self.views()
+               if policy.evictable(v, now, self.cfg.min_loaded)
+               and policy.may_displace(v, waited=waited, max_wait=self.cfg.max_wait,
+                                       has_waiters=v.model in waiting_models)]
+        others = [v for s, v in ledger_views if s is not self and v.inflight == 0
+                  and policy.evictable(v, now, s.cfg.min_loaded)] if shortfall > 0 else []
+        victims = policy.choose_victims(own + others, slots_needed=slots_needed,
+                                        memory_needed=shortfall, gpu=opts.gpu)
+        if victims is None:
+            return False
+        for victim in victims:
+            owner = next(s for s, v in ledger_views if v.instance == victim.instance)
+            owner._retire(owner.instances[victim.instance])
+        return False  # room comes when the victims have drained and stopped
+
+    def _retire(self, instance: Instance) -> None:
+        if instance.state == "ready":
+            instance.state, instance.since = "draining", time.time()
+            self._publish(instance.model, "draining")
+            self._wake.set()
+
+    # -- slow work, in tasks the supervisor owns ------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _instance_url(self, port: int) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return urlunsplit((self._scheme, f"{host}:{port}", "", "", ""))
+
+    def _free_slot_index(self) -> int:
+        used = {i.slot for i in self.instances.values()}
+        return next(n for n in range(self.cfg.max_instances + 1) if n not in used)
+
+    def _port_for(self, slot: int) -> int:
+        if self.cfg.ports is not None:
+            return self.cfg.ports[0] + slot
+        return self._base_port + slot
+
+    def _start(self, model: str) -> None:
+        slot = self._free_slot_index()
+        port = self._port_for(slot)
+        instance = Instance(f"{self.name}-{slot}", slot, model, port, self._instance_url(port))
+        self.instances[instance.id] = instance
+        self._publish(model, "loading")
+        log.info("instance_starting", backend=self.name, model=model, instance=instance.id,
+                 port=port)
+        self._spawn(self._run_start(instance))
+
+    def _spec(self, instance: Instance) -> InstanceSpec:
+        opts = self.backend.config.models[instance.model]
+        return InstanceSpec(
+            backend=self.name, model=instance.model,
+            model_arg=upstream_name(instance.model, opts), instance=instance.id,
+            host_port=instance.port, managed=self.cfg,
+        )
+
+    async def _run_start(self, instance: Instance) -> None:
+        started = time.monotonic()
+        try:
+            instance.handle = await self.runtime.start(self._spec(instance))
+            await self._wait_healthy(instance, started + self.cfg.start_timeout)
+        except (RuntimeStartError, GatewayError, OSError) as exc:
+            await self._start_failed(instance, str(exc))
+            return
+        except asyncio.CancelledError:
+            await self._discard(instance)
+            raise
+        instance.state, instance.since = "ready", time.time()
+        instance.ready_since = instance.last_used = time.monotonic()
+        self.last_error.pop(instance.model, None)
+        seconds = time.monotonic() - started
+        self.metrics.observe_swap(backend=self.name, seconds=seconds)
+        self._publish(instance.model, "loaded")
+        log.info("instance_ready", backend=self.name, model=instance.model,
+                 instance=instance.id, seconds=round(seconds, 3))
+        self._wake.set()
+
+    async def _wait_healthy(self, instance: Instance, deadline: float) -> None:
+        """Poll until the upstream answers and serves the right model, the instance dies, or
+        ``start_timeout`` passes."""
+        assert instance.handle is not None
+        expected = served_name(instance.model, self.backend.config.models[instance.model])
+        delay = FIRST_POLL
+        while True:
+            if not await self.runtime.is_alive(instance.handle):
+                lines = await self.runtime.logs(instance.handle)
+                raise RuntimeStartError(f"the instance exited while starting; last log lines:\n"
+                                        f"{lines}")
+            try:
+                probe = await self.backend.probe(instance.base_url, self.probe_timeout)
+            except GatewayError:
+                probe = None
+            if probe is not None:
+                if expected in probe.served:
+                    if probe.batch_limit:
+                        self.backend.upstream_batch_limit = probe.batch_limit
+                    return
+                raise RuntimeStartError(
+                    f"the instance serves the wrong model: {probe.mismatch.get(instance.model)}"
+                )
+            if time.monotonic() + delay > deadline:
+                lines = await self.runtime.logs(instance.handle)
+                raise RuntimeStartError(
+                    f"not healthy within start_timeout ({self.cfg.start_timeout:g} s); last "
+                    f"log lines:\n{lines}"
+                )
+            await asyncio.sleep(delay)
+            delay = min(MAX_POLL, delay * 1.5)
+
+    async def _start_failed(self, instance: Instance, reason: str) -> None:
+        log.error("instance_failed", backend=self.name, model=instance.model,
+                  instance=instance.id, reason=reason)
+        self.last_error[instance.model] = (time.time(), reason)
+        self._publish(instance.model, "failed")
+        await self._discard(instance)
+        error = Unavailable(f"model {instance.model!r} could not be started: {reason}",
+                            retry_after=5)
+        for waiter in [w for w in self.waiters if w.model == instance.model]:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+            self.waiters.remove(waiter)
+        self._wake.set()
+
+    async def _discard(self, instance: Instance) -> None:
+        if instance.handle is not None:
+            with suppress(Exception):
+                await self.runtime.stop(instance.handle, self.cfg.stop_timeout)
+        self.instances.pop(instance.id, None)
+
+    def _stop(self, instance: Instance) -> None:
+        instance.state, instance.since = "stopping", time.time()
+        self._spawn(self._run_stop(instance))
+
+    async def _run_stop(self, instance: Instance) -> None:
+        started = time.monotonic()
+        await self._discard(instance)
+        self._publish(instance.model, "idle")
+        log.info("instance_stopped", backend=self.name, model=instance.model,
+                 instance=instance.id, seconds=round(time.monotonic() - started, 3))
+        self._wake.set()
+
+    def _publish(self, model: str, state: str) -> None:
+        self.metrics.set_instance_state(backend=self.name, model=model, state=state)
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            self._schedule()
+            with suppress(TimeoutError):
+                async with asyncio.timeout(0.25):  # timers: fairness, min_loaded, idle
+                    await self._wake.wait()
+
+    async def _check_dead(self) -> None:
+        """An instance killed from outside is forgotten, so the next request restarts it."""
+        while True:
+            await asyncio.sleep(1.0)
+            for instance in list(self.instances.values()):
+                if instance.state == "ready" and instance.handle is not None \
+                        and not await self.runtime.is_alive(instance.handle):
+                    log.warning("instance_died", backend=self.name, instance=instance.id)
+                    self.last_error[instance.model] = (time.time(), "the instance exited")
+                    await self._discard(instance)
+                    self._publish(instance.model, "idle")
+                    self._wake.set()
+
+    async def start(self) -> None:
+        await self._adopt()
+        self._loop_task = asyncio.create_task(self._loop(), name=f"supervisor-{self.name}")
+        self._spawn(self._check_dead())
+        for model, opts in self.backend.config.models.items():
+            if opts.preload or opts.pinned:
+                self._preloads.append(asyncio.create_task(self._preload(model)))
+
+    async def _preload(self, model: str) -> None:
+        with suppress(GatewayError):
+            async with self.lease(model):
+                pass
+
+    async def wait_preloaded(self) -> None:
+        await asyncio.gather(*self._preloads, return_exceptions=True)
+
+    async def _adopt(self) -> None:
+        """Reuse healthy instances an earlier run left serving configured models; remove
+        strays."""
+        try:
+            found = await self.runtime.find_existing(self.name)
+        except RuntimeStartError as exc:
+            self.runtime_error = str(exc)
+            log.error("runtime_unavailable", backend=self.name, reason=str(exc))
+            return
+        models = self.backend.config.models
+        for item in found:
+            keep = (
+                item.running and item.model in models and item.host_port is not None
+                and len(self.instances) < self.cfg.max_instances
+                and not any(i.model == item.model or i.port == item.host_port
+                            for i in self.instances.values())
+            )
+            if keep:
+                assert item.host_port is not None
+                slot = self._free_slot_index()
+                instance = Instance(item.instance, slot, item.model, item.host_port,
+                                    self._instance_url(item.host_port), state="ready")
+                try:
+                    probe = await self.backend.probe(instance.base_url, self.probe_timeout)
+                    keep = served_name(item.model, models[item.model]) in probe.served
+                except GatewayError:
+                    keep = False
+                if keep:
+                    instance.handle = await self.runtime.adopt(item, self._spec(instance))
+                    instance.ready_since = time.monotonic()
+                    self.instances[instance.id] = instance
+                    self._publish(item.model, "loaded")
+                    log.info("instance_adopted", backend=self.name, model=item.model,
+                             instance=item.instance)
+                    continue
+            log.info("instance_stray_removed", backend=self.name, instance=item.instance,
+                     model=item.model)
+            with suppress(RuntimeStartError):
+                await self.runtime.remove(item)
+
+    async def close(self) -> None:
+        tasks = [*self._preloads, *self._tasks]
+        if self._loop_task is not None:
+            tasks.append(self._loop_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        error = Unavailable("the gateway is shutting down", retry_after=2)
+        for waiter in self.waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        if self.cfg.on_shutdown == "stop" or self.cfg.runtime == "process":
+            await asyncio.gather(*(self._discard(i) for i in list(self.instances.values())))
+        await self.runtime.close()
+        self.ledger.supervisors.remove(self)
+
+    # -- what /health and /v1/models show ---------------------------------------------
+
+    def model_state(self, model: str) -> ModelState:
+        error = self.last_error.get(model)
+        for instance in self.instances.values():
+            if instance.model == model:
+                state = {"starting": "loading", "ready": "loaded"}.get(instance.state,
+                                                                      instance.state)
+                return ModelState(state=state, healthy=True, since=instance.since,
+                                  instance=instance.id, last_error=error and error[1])
+        if error is not None:
+            return ModelState(state="failed", healthy=False, reason=error[1], since=error[0],
+                              last_error=error[1])
+        healthy = self.runtime_error is None
+        return ModelState(state="idle", healthy=healthy, reason=self.runtime_error)
+
+    def health(self) -> dict[str, Any]:
+        models = {m: self.model_state(m).as_dict() for m in self.backend.config.models}
+        failed = [m for m, s in models.items() if s["state"] == "failed"]
+        reason = self.runtime_error or (
+            "; ".join(f"{m}: {models[m]['reason']}" for m in failed) if failed else None
+        )
+        counts: dict[str, int] = defaultdict(int)
+        for w in self.waiters:
+            counts[w.model] += 1
+        return {
+            "kind": self.backend.config.kind,
+            "managed": True,
+            "runtime": self.cfg.runtime,
+            "healthy": reason is None,
+            "reason": reason,
+            "queued": dict(counts),
+            "instances": [
+                {"instance": i.id, "model": i.model, "state": i.state, "port": i.port,
+                 "inflight": i.inflight, "since": i.since}
+                for i in self.instances.values()
+            ],
+            "models": models,
+        }

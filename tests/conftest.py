@@ -1,0 +1,40 @@
+"""Fixtures that build the real gateway from a real config, on loopback, in front of fakes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from embedding_gateway.app import create_app
+from embedding_gateway.config import parse_config
+from embedding_gateway.state import RuntimeFactory
+
+GatewayFactory = Callable[..., Any]
+
+
+@asynccontextmanager
+async def run_gateway(
+    config: dict[str, Any], *, runtime_factory: RuntimeFactory | None = None
+) -> AsyncIterator[str]:
+    """Serve a gateway built from ``config`` (a parsed YAML document) on 127.0.0.1."""
+    config.setdefault("server", {}).setdefault("health_interval", 0.5)
+    app = create_app(parse_config(config, env={}), runtime_factory=runtime_factory)
+    runner = web.AppRunner(app, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def gateway() -> GatewayFactory:
+    """``async with gateway(config) as url:`` runs a real gateway for one test."""
+    return run_gateway
