@@ -1,0 +1,305 @@
+"""The ``/playground`` page in real headless Chromium, in front of a real gateway and fake
+upstreams on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from playwright.async_api import Browser, Page
+
+from embedding_gateway.app import create_app
+from embedding_gateway.config import parse_config
+from tests.browser_support import launch_chromium, serve_app
+from tests.fakes import FAKE_STATE, serve_fake
+from tests.fakes.ollama import create_ollama_app
+from tests.fakes.tei import create_tei_app
+from tests.fakes.vllm import create_vllm_app
+
+pytestmark = pytest.mark.browser
+
+XSS_NAME = "<img src=x onerror=window.__xss=1>"
+E5 = "intfloat/multilingual-e5-small"
+BATCH = ["오늘 서울은 맑고 따뜻합니다.", "The weather in Seoul is clear and warm today.",
+         "주식 시장이 큰 폭으로 하락했습니다."]
+API_KEY = "sk-playground-test"
+DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "playground.png"
+WAIT_MS = 20_000
+
+
+@contextlib.asynccontextmanager
+async def upstreams() -> AsyncIterator[dict[str, Any]]:
+    """Ollama (bge-m3), TEI (e5-small), vLLM serving a hostile model name, and a TEI whose
+    every embedding request fails."""
+    broken = create_tei_app("BAAI/bge-small-en-v1.5", dims=384)
+    broken[FAKE_STATE].fail = (424, "Backend error: Inference failed")
+    async with contextlib.AsyncExitStack() as stack:
+        urls = {
+            "ollama": await stack.enter_async_context(
+                serve_fake(create_ollama_app({"bge-m3": 1024}))),
+            "tei": await stack.enter_async_context(serve_fake(create_tei_app(E5, dims=384))),
+            "hostile": await stack.enter_async_context(
+                serve_fake(create_vllm_app(XSS_NAME, dims=256))),
+            "broken": await stack.enter_async_context(serve_fake(broken)),
+        }
+        yield urls
+
+
+def gateway_config(urls: dict[str, str], api_keys: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1", "port": 0, "playground": True,
+                   "api_keys": api_keys or []},
+        "backends": {
+            "ollama": {"kind": "ollama", "base_url": urls["ollama"],
+                       "models": {"bge-m3": {"dimensions": 1024}}},
+            "tei": {"kind": "tei", "base_url": urls["tei"],
+                    "models": {E5: {"aliases": ["e5-small"], "dimensions": 384}}},
+            "hostile": {"kind": "vllm", "base_url": urls["hostile"],
+                        "models": {XSS_NAME: {"dimensions": 256}}},
+            "broken": {"kind": "tei", "base_url": urls["broken"],
+                       "models": {"BAAI/bge-small-en-v1.5": {"aliases": ["broken"]}}},
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def gateway(api_keys: list[str] | None = None) -> AsyncIterator[str]:
+    async with upstreams() as urls:
+        app = create_app(parse_config(gateway_config(urls, api_keys), env={}))
+        async with serve_app(app) as base_url:
+            yield base_url
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with launch_chromium() as chromium:
+        yield chromium
+
+
+@contextlib.asynccontextmanager
+async def open_playground(browser: Browser, base_url: str) -> AsyncIterator[Page]:
+    """A page on /playground; fails the test on any uncaught script error."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        response = await page.goto(f"{base_url}/playground")
+        assert response is not None and response.status == 200
+        await page.wait_for_selector("html[data-ready=true]")
+        yield page
+        assert errors == []
+    finally:
+        await context.close()
+
+
+async def wait_for_models(page: Page) -> None:
+    await page.wait_for_selector("#embed-model option", state="attached")
+
+
+async def embed_batch(page: Page, model: str, texts: list[str]) -> None:
+    await page.select_option("[data-testid=embed-model]", model)
+    await page.fill("[data-testid=embed-text]", "\n".join(texts))
+    await page.click("[data-testid=embed-run]")
+
+
+async def gateway_vectors(base_url: str, model: str, texts: list[str],
+                          key: str | None = None) -> np.ndarray:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{base_url}/v1/embeddings", json={"model": model, "input": texts}, headers=headers
+    ) as response:
+        assert response.status == 200, await response.text()
+        body = await response.json()
+    return np.array([item["embedding"] for item in body["data"]], dtype=np.float64)
+
+
+def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
+    units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return units @ units.T
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    rank_a = np.argsort(np.argsort(a)).astype(float)
+    rank_b = np.argsort(np.argsort(b)).astype(float)
+    return float(np.corrcoef(rank_a, rank_b)[0, 1])
+
+
+async def heatmap_texts(page: Page, scope: str) -> list[list[str]]:
+    """The cell texts of the heatmap under ``scope``, row by row."""
+    return await page.eval_on_selector(scope, """(root) => {
+        const rows = {};
+        for (const cell of root.querySelectorAll('[data-testid=heatmap-cell]')) {
+            (rows[cell.dataset.row] ||= [])[Number(cell.dataset.col)] = cell.textContent;
+        }
+        return Object.keys(rows).sort((a, b) => a - b).map((key) => rows[key]);
+    }""")
+
+
+async def test_embed_tab_shows_a_heatmap_with_the_gateways_cosines(
+    browser: Browser, tmp_path: Path
+) -> None:
+    async with gateway() as base_url, open_playground(browser, base_url) as page:
+        await wait_for_models(page)
+        groups = await page.eval_on_selector_all(
+            "#embed-model optgroup", "(gs) => gs.map((g) => g.label)")
+        assert [label.split(" ")[0] for label in groups] == ["ollama", "tei", "hostile", "broken"]
+        await embed_batch(page, "bge-m3", BATCH)
+        await page.wait_for_selector("[data-testid=embed-result]:not([hidden])")
+
+        cells = await heatmap_texts(page, "#embed-heatmap")
+        expected = cosine_matrix(await gateway_vectors(base_url, "bge-m3", BATCH))
+        assert cells == [[f"{value:.2f}" for value in row] for row in expected]
+        assert [cells[i][i] for i in range(3)] == ["1.00", "1.00", "1.00"]
+        assert await page.text_content("[data-testid=stat-count]") == "3"
+        assert await page.text_content("[data-testid=stat-dims]") == "1024"
+        row_titles = await page.eval_on_selector_all(
+            "#embed-heatmap [data-testid=heatmap-row]", "(hs) => hs.map((h) => h.title)")
+        assert row_titles == BATCH
+        nearest = await page.eval_on_selector_all(
+            "[data-testid=nearest-neighbour]", "(li) => li.map((x) => Number(x.dataset.nearest))")
+        off_diagonal = expected - np.eye(3) * 10
+        assert nearest == [int(np.argmax(row)) for row in off_diagonal]
+        assert await page.locator("[data-testid=vector-row]").count() == 3
+
+        health = page.locator("[data-testid=health-badge]")
+        await health.nth(3).wait_for()
+        assert sorted(await health.evaluate_all("(bs) => bs.map((b) => b.dataset.backend)")) == [
+            "broken", "hostile", "ollama", "tei"]
+
+        await page.screenshot(path=tmp_path / "embed.png", full_page=True)
+        if os.environ.get("EG_UPDATE_DOCS_SCREENSHOT") == "1":
+            shutil.copyfile(tmp_path / "embed.png", DOCS_SCREENSHOT)
+
+
+async def test_compare_tab_shows_matrices_and_rank_agreement(
+    browser: Browser, tmp_path: Path
+) -> None:
+    texts = [*BATCH, "Stock markets fell sharply."]
+    async with gateway() as base_url, open_playground(browser, base_url) as page:
+        await wait_for_models(page)
+        await page.click("[data-testid=tab-compare]")
+        boxes = page.locator("[data-testid=compare-model]")
+        for index in range(await boxes.count()):
+            await boxes.nth(index).uncheck()
+        await page.check("[data-testid=compare-model][value='bge-m3']")
+        await page.check("[data-testid=compare-model][value='e5-small']")
+        await page.fill("[data-testid=compare-text]", "\n".join(texts))
+        await page.click("[data-testid=compare-run]")
+        await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
+
+        assert await page.locator("[data-testid=compare-card]").count() == 2
+        assert await page.locator("[data-testid=card-error]:visible").count() == 0
+        dims = await page.locator("[data-testid=card-dims]").all_text_contents()
+        assert dims == ["1024", "384"]
+        assert await page.locator("[data-testid=compare-matrix]").count() == 2
+        for model in ("bge-m3", "e5-small"):
+            scope = f"[data-testid=compare-matrix][data-model='{model}']"
+            assert len(await heatmap_texts(page, scope)) == 4
+
+        sims = [cosine_matrix(await gateway_vectors(base_url, model, texts))
+                for model in ("bge-m3", "e5-small")]
+        upper = np.triu_indices(4, k=1)
+        rho = spearman(sims[0][upper], sims[1][upper])
+        shown = await page.text_content("[data-testid=rank-agreement-value]")
+        assert shown == f"{rho:.3f}"
+        await page.screenshot(path=tmp_path / "compare.png", full_page=True)
+
+
+async def test_hostile_model_name_and_text_are_shown_as_text(
+    browser: Browser, tmp_path: Path
+) -> None:
+    hostile_texts = ["<script>window.__xss=2</script>", XSS_NAME, "plain"]
+    async with gateway() as base_url, open_playground(browser, base_url) as page:
+        await wait_for_models(page)
+        options = await page.eval_on_selector_all(
+            "#embed-model option", "(os) => os.map((o) => o.value)")
+        assert XSS_NAME in options
+        await embed_batch(page, XSS_NAME, hostile_texts)
+        await page.wait_for_selector("[data-testid=embed-result]:not([hidden])")
+        assert await page.text_content("[data-testid=stat-model]") == XSS_NAME
+        labels = await page.eval_on_selector_all(
+            "#embed-heatmap [data-testid=heatmap-row]", "(hs) => hs.map((h) => h.title)")
+        assert labels == hostile_texts
+
+        await page.click("[data-testid=tab-compare]")
+        await page.check(f"[data-testid=compare-model][value='{XSS_NAME}']")
+        await page.check("[data-testid=compare-model][value='bge-m3']")
+        await page.fill("[data-testid=compare-text]", "\n".join(hostile_texts))
+        await page.click("[data-testid=compare-run]")
+        await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
+        card = page.locator(f"[data-testid=compare-card][data-model='{XSS_NAME}'] .title")
+        assert await card.text_content() == XSS_NAME
+
+        assert await page.evaluate("typeof window.__xss") == "undefined"
+        assert await page.locator("img").count() == 0
+        assert await page.locator("script").count() == 2
+        await page.screenshot(path=tmp_path / "hostile.png", full_page=True)
+
+
+async def test_failing_upstream_shows_its_error_and_the_page_stays_usable(
+    browser: Browser, tmp_path: Path
+) -> None:
+    async with gateway() as base_url, open_playground(browser, base_url) as page:
+        await wait_for_models(page)
+        await embed_batch(page, "broken", BATCH)
+        error_box = page.locator("[data-testid=error-box]")
+        await error_box.wait_for(state="visible")
+        assert "Inference failed" in (await error_box.text_content() or "")
+
+        await page.click("[data-testid=tab-compare]")
+        await page.check("[data-testid=compare-model][value='broken']")
+        await page.check("[data-testid=compare-model][value='e5-small']")
+        await page.fill("[data-testid=compare-text]", "\n".join(BATCH))
+        await page.click("[data-testid=compare-run]")
+        await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
+        broken = page.locator("[data-testid=compare-card][data-model='broken']")
+        assert await broken.get_attribute("data-state") == "failed"
+        card_error = broken.locator("[data-testid=card-error]")
+        assert await card_error.is_visible()
+        assert "Inference failed" in (await card_error.text_content() or "")
+        working = page.locator("[data-testid=compare-card][data-model='e5-small']")
+        assert await working.get_attribute("data-state") == "done"
+        assert await page.locator("[data-testid=compare-matrix]").count() >= 1
+        await page.screenshot(path=tmp_path / "compare-failure.png", full_page=True)
+
+        await page.click("[data-testid=tab-embed]")
+        await embed_batch(page, "e5-small", BATCH)
+        await page.wait_for_selector("[data-testid=embed-result]:not([hidden])")
+        assert await error_box.is_hidden()
+        assert len(await heatmap_texts(page, "#embed-heatmap")) == 3
+
+
+async def test_api_key_field_makes_requests_work(browser: Browser, tmp_path: Path) -> None:
+    async with gateway(api_keys=[API_KEY]) as base_url, open_playground(browser, base_url) as page:
+        key_box = page.locator("[data-testid=api-key-box]")
+        assert await key_box.is_visible()
+        page_error = page.locator("[data-testid=page-error]")
+        await page_error.wait_for(state="visible")
+        assert "API key" in (await page_error.text_content() or "")
+        assert await page.locator("#embed-model option").count() == 0
+
+        await page.fill("[data-testid=api-key]", "sk-wrong")
+        await page.click("[data-testid=api-key-apply]")
+        await page.wait_for_function(
+            "document.querySelector('[data-testid=page-error]').textContent.includes('refused')")
+
+        await page.fill("[data-testid=api-key]", API_KEY)
+        await page.click("[data-testid=api-key-apply]")
+        await wait_for_models(page)
+        await page_error.wait_for(state="hidden")
+        await embed_batch(page, "e5-small", BATCH)
+        await page.wait_for_selector("[data-testid=embed-result]:not([hidden])")
+        assert len(await heatmap_texts(page, "#embed-heatmap")) == 3
+        stored = await page.evaluate(
+            "sessionStorage.getItem('embedding-gateway.api-key')")
+        assert stored == API_KEY
+        await page.screenshot(path=tmp_path / "api-key.png", full_page=True)
