@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import structlog
 from aiohttp import web
 
 from .backends import create_backend
@@ -24,6 +25,7 @@ from .supervisor import DeviceLedger, Supervisor
 from .upstream import RemoteUpstream, Upstream
 
 RuntimeFactory = Callable[[ManagedConfig], Runtime]
+log = structlog.get_logger("embedding_gateway")
 
 
 def default_runtime(managed: ManagedConfig) -> Runtime:
@@ -78,6 +80,30 @@ class Gateway:
     async def close(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.close()
+
+    async def reload(self, new: GatewayConfig) -> None:
+        """Apply a validated config without dropping requests: unchanged backends are kept as
+        they are; changed and removed ones drain and go (their containers left for the new
+        supervisor to adopt); new ones start. Listening address changes need a restart."""
+        old_config, old = self.config, self.upstreams
+        if (new.server.host, new.server.port) != (old_config.server.host,
+                                                  old_config.server.port):
+            log.warning("reload_listen_address_unchanged",
+                        reason="server.host and server.port apply at the next restart")
+        kept = {name: upstream for name, upstream in old.items()
+                if new.backends.get(name) == old_config.backends[name]}
+        retired = [upstream for name, upstream in old.items() if name not in kept]
+        self.config = new
+        self.ledger.gpus = new.gpus
+        fresh = {name: self.build_upstream(name, backend)
+                 for name, backend in new.backends.items() if name not in kept}
+        self.upstreams = {name: kept.get(name) or fresh[name] for name in new.backends}
+        self.router = Router(new, self.upstreams)
+        await asyncio.gather(*(u.retire(new.server.shutdown_timeout) for u in retired))
+        for upstream in fresh.values():
+            await upstream.start()
+        log.info("reload_applied", kept=sorted(kept), started=sorted(fresh),
+                 retired=sorted(u.name for u in retired))
 
     async def wait_preloaded(self, enabled: bool = True) -> None:
         if enabled:

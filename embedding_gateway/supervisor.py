@@ -445,7 +445,17 @@ class Supervisor(Upstream):
             with suppress(RuntimeStartError):
                 await self.runtime.remove(item)
 
-    async def close(self) -> None:
+    async def retire(self, drain_timeout: float) -> None:
+        with suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                while any(i.inflight for i in self.instances.values()):  # noqa: ASYNC110 - bounded poll
+                    await asyncio.sleep(0.05)
+        await self.close(stop_instances=self.cfg.runtime == "process")
+
+    async def close(self, *, stop_instances: bool | None = None) -> None:
+        """Stop background work; stop the instances per ``on_shutdown`` unless told."""
+        if stop_instances is None:
+            stop_instances = self.cfg.on_shutdown == "stop" or self.cfg.runtime == "process"
         tasks = [*self._preloads, *self._tasks]
         if self._loop_task is not None:
             tasks.append(self._loop_task)
@@ -456,7 +466,7 @@ class Supervisor(Upstream):
         for waiter in self.waiters:
             if not waiter.future.done():
                 waiter.future.set_exception(error)
-        if self.cfg.on_shutdown == "stop" or self.cfg.runtime == "process":
+        if stop_instances:
             await asyncio.gather(*(self._discard(i) for i in list(self.instances.values())))
         await self.runtime.close()
         self.ledger.supervisors.remove(self)

@@ -59,6 +59,11 @@ class Upstream(ABC):
         """A base URL serving ``model`` for the duration of one request."""
 
     @abstractmethod
+    async def retire(self, drain_timeout: float) -> None:
+        """Leave service after a reload: let in-flight requests finish (bounded), then close.
+        Managed instances are left running so that a successor can adopt them."""
+
+    @abstractmethod
     async def wait_preloaded(self) -> None:
         """Return once the models marked ``preload`` are loaded (or failed to)."""
 
@@ -88,6 +93,9 @@ class RemoteUpstream(Upstream):
         self._refreshing: asyncio.Task[Probe] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._preload: asyncio.Task[None] | None = None
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}")
@@ -107,6 +115,12 @@ class RemoteUpstream(Upstream):
     async def wait_preloaded(self) -> None:
         if self._preload is not None:
             await asyncio.shield(self._preload)
+
+    async def retire(self, drain_timeout: float) -> None:
+        with suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                await self._idle.wait()
+        await self.close()
 
     async def close(self) -> None:
         for task in (self._loop_task, self._refreshing, self._preload):
@@ -161,6 +175,8 @@ class RemoteUpstream(Upstream):
         problem = self._problem(model)
         if problem is not None:
             raise Unavailable(f"model {model!r} on backend {self.name!r} is unavailable: {problem}")
+        self._inflight += 1
+        self._idle.clear()
         try:
             yield self.base_url
         except UpstreamFailed as exc:
@@ -169,6 +185,10 @@ class RemoteUpstream(Upstream):
             elif exc.code == "upstream_failed" and self._probe is not None:
                 self._probe.reachable, self._probe.reason = False, exc.message
             raise
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
 
     def model_state(self, model: str) -> ModelState:
         problem = self._problem(model)
