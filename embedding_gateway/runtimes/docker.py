@@ -8,8 +8,9 @@ An image is pulled only when ``pull: true``; creating a container never pulls im
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import docker
@@ -104,7 +105,13 @@ class DockerRuntime:
             return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        """Run a blocking SDK call in a thread; a lost daemon becomes ``RuntimeStartError``,
+        Docker's own errors (``NotFound``, conflicts) stay for the caller to judge."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except OSError as exc:  # requests' connection errors and timeouts are OSErrors
+            raise RuntimeStartError(
+                f"the Docker daemon at {self._where} is unreachable: {exc}") from None
 
     async def _container(self, ref: str) -> Container | None:
         client = await self._docker()
@@ -148,14 +155,12 @@ class DockerRuntime:
                 device_requests=device_requests(managed.gpus),
                 detach=True,
             )
-        except RuntimeStartError:
-            raise
-        except (DockerException, OSError) as exc:
+        except DockerException as exc:
             message = f"container {name} could not be created: {_explain(exc)}"
             raise RuntimeStartError(scrub(message, env)) from None
         try:
             await self._call(container.start)
-        except (DockerException, OSError) as exc:
+        except DockerException as exc:
             await self._force_remove(container)
             reason = _explain(exc)
             if any(marker in reason for marker in _PORT_TAKEN):
@@ -165,6 +170,13 @@ class DockerRuntime:
         log.info("container_started", container=name, image=image, host_port=spec.host_port,
                  docker_host=self._where)
         return InstanceHandle(spec=spec, ref=container.id, labels=labels)
+
+    @contextlib.contextmanager
+    def _api_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except DockerException as exc:
+            raise RuntimeStartError(f"{what} failed on {self._where}: {_explain(exc)}") from None
 
     def _port_taken(self, port: int) -> str:
         return f"host port {port} is already in use on {self._where}; choose another port"
@@ -181,7 +193,7 @@ class DockerRuntime:
         log.info("image_pull", image=image, docker_host=self._where)
         try:
             await self._call(client.images.pull, image)
-        except (DockerException, OSError) as exc:
+        except DockerException as exc:
             raise RuntimeStartError(f"image {image} could not be pulled: {_explain(exc)}") from None
 
     async def _force_remove(self, container: Container) -> None:
@@ -194,38 +206,42 @@ class DockerRuntime:
                 raise
 
     async def stop(self, handle: InstanceHandle, grace: float) -> None:
-        container = await self._container(handle.ref)
-        if container is None:
-            return
-        try:
-            await self._call(container.stop, timeout=max(0, round(grace)))
-        except NotFound:
-            return
-        await self._force_remove(container)
+        with self._api_errors("stopping a container"):
+            container = await self._container(handle.ref)
+            if container is None:
+                return
+            try:
+                await self._call(container.stop, timeout=max(0, round(grace)))
+            except NotFound:
+                return
+            await self._force_remove(container)
         log.info("container_stopped", container=container.name)
 
     async def is_alive(self, handle: InstanceHandle) -> bool:
         try:
             container = await self._container(handle.ref)
-        except (DockerException, OSError) as exc:
+        except (RuntimeStartError, DockerException) as exc:
             log.warning("container_state_unknown", ref=handle.ref[:12], error=str(exc))
             return False
         return container is not None and container.status == "running"
 
     async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
-        container = await self._container(handle.ref)
-        if container is None:
-            return ""
-        try:
-            raw: bytes = await self._call(container.logs, tail=lines)
-        except NotFound:
-            return ""
+        with self._api_errors("reading container logs"):
+            container = await self._container(handle.ref)
+            if container is None:
+                return ""
+            try:
+                raw: bytes = await self._call(container.logs, tail=lines)
+            except NotFound:
+                return ""
         return scrub(raw.decode("utf-8", "replace"), handle.spec.managed.env)
 
     async def find_existing(self, backend: str) -> list[FoundInstance]:
         client = await self._docker()
-        containers = await self._call(
-            client.containers.list, all=True, filters={"label": f"{LABEL_BACKEND}={backend}"})
+        with self._api_errors("listing containers"):
+            containers = await self._call(
+                client.containers.list, all=True,
+                filters={"label": f"{LABEL_BACKEND}={backend}"})
         return [self._found(container) for container in containers]
 
     @staticmethod
@@ -242,7 +258,8 @@ class DockerRuntime:
         )
 
     async def adopt(self, found: FoundInstance, spec: InstanceSpec) -> InstanceHandle:
-        container = await self._container(found.ref)
+        with self._api_errors("inspecting a container"):
+            container = await self._container(found.ref)
         if container is None:
             raise RuntimeStartError(f"container {found.ref[:12]} is gone; it cannot be adopted")
         labels = {k: v for k, v in container.labels.items() if k.startswith(LABEL_PREFIX)}
@@ -250,10 +267,12 @@ class DockerRuntime:
         return InstanceHandle(spec=spec, ref=container.id, labels=labels)
 
     async def remove(self, found: FoundInstance) -> None:
-        container = await self._container(found.ref)
-        if container is not None:
+        with self._api_errors("removing a container"):
+            container = await self._container(found.ref)
+            if container is None:
+                return
             await self._force_remove(container)
-            log.info("container_removed", container=container.name)
+        log.info("container_removed", container=container.name)
 
     async def close(self) -> None:
         async with self._connect_lock:
