@@ -1,0 +1,229 @@
+"""``POST /v1/embeddings`` end to end: a real gateway in front of fake TEI, Ollama and vLLM."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+
+from tests.conftest import run_gateway
+from tests.fakes import FAKE_STATE, FakeState, serve_fake
+from tests.fakes.ollama import create_ollama_app
+from tests.fakes.tei import create_tei_app
+from tests.fakes.vectors import count_tokens, cut, fake_vector, which_model
+from tests.fakes.vllm import create_vllm_app
+
+TEI_MODEL = "intfloat/e5-small-v2"
+OLLAMA_MODEL = "bge-m3"
+VLLM_MODEL = "jinaai/jina-embeddings-v3"
+ALL_MODELS = [TEI_MODEL, OLLAMA_MODEL, VLLM_MODEL]
+TEI_DIMS, OLLAMA_DIMS, VLLM_DIMS = 384, 32, 64
+
+
+@dataclass
+class Stack:
+    url: str
+    session: aiohttp.ClientSession
+    fakes: dict[str, FakeState]
+
+    async def post(self, body: Any) -> tuple[int, Any]:
+        async with self.session.post(f"{self.url}/v1/embeddings", json=body) as resp:
+            return resp.status, await resp.json()
+
+    def embedding_requests(self, backend: str) -> list[dict[str, Any]]:
+        return [body for path, body in self.fakes[backend].requests if "embed" in path]
+
+
+@asynccontextmanager
+async def stack(tei_batch: int = 32) -> AsyncIterator[Stack]:
+    apps: dict[str, web.Application] = {
+        "tei": create_tei_app(TEI_MODEL, dims=TEI_DIMS, max_client_batch_size=tei_batch),
+        "ollama": create_ollama_app({OLLAMA_MODEL: OLLAMA_DIMS}),
+        "vllm": create_vllm_app(VLLM_MODEL, dims=VLLM_DIMS, error_shape="nested"),
+    }
+    async with AsyncExitStack() as exits:
+        urls = {name: await exits.enter_async_context(serve_fake(app))
+                for name, app in apps.items()}
+        config = {"backends": {
+            "tei": {"kind": "tei", "base_url": urls["tei"], "models": {
+                TEI_MODEL: {"aliases": ["e5"], "matryoshka": True, "dimensions": TEI_DIMS}}},
+            "ollama": {"kind": "ollama", "base_url": urls["ollama"], "models": {
+                OLLAMA_MODEL: {"aliases": ["bge"]}}},
+            "vllm": {"kind": "vllm", "base_url": urls["vllm"], "models": {VLLM_MODEL: {}}},
+        }}
+        url = await exits.enter_async_context(run_gateway(config))
+        session = await exits.enter_async_context(aiohttp.ClientSession())
+        yield Stack(url, session, {name: app[FAKE_STATE] for name, app in apps.items()})
+
+
+def assert_envelope(status: int, body: Any, model: str, count: int) -> None:
+    assert status == 200, body
+    assert set(body) == {"object", "data", "model", "usage"}
+    assert body["object"] == "list"
+    assert body["model"] == model
+    assert set(body["usage"]) == {"prompt_tokens", "total_tokens"}
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]
+    assert len(body["data"]) == count
+    for i, item in enumerate(body["data"]):
+        assert set(item) == {"object", "index", "embedding"}
+        assert item["object"] == "embedding"
+        assert item["index"] == i
+
+
+def from_base64(value: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(value), dtype="<f4")
+
+
+@pytest.mark.parametrize(
+    ("model", "expected", "dims"),
+    [
+        (TEI_MODEL, TEI_MODEL, TEI_DIMS),
+        ("e5", TEI_MODEL, TEI_DIMS),
+        (OLLAMA_MODEL, OLLAMA_MODEL, OLLAMA_DIMS),
+        ("bge", OLLAMA_MODEL, OLLAMA_DIMS),
+        (VLLM_MODEL, VLLM_MODEL, VLLM_DIMS),
+    ],
+)
+async def test_string_and_list_of_strings_reach_the_right_model(
+    model: str, expected: str, dims: int
+) -> None:
+    async with stack() as s:
+        status, body = await s.post({"model": model, "input": "hello world"})
+        assert_envelope(status, body, model, 1)
+        vector = body["data"][0]["embedding"]
+        assert len(vector) == dims
+        assert which_model(vector, "hello world", ALL_MODELS, dims) == expected
+        assert body["usage"]["prompt_tokens"] == 2
+
+        texts = ["alpha", "beta gamma", "delta epsilon zeta"]
+        status, body = await s.post({"model": model, "input": texts})
+        assert_envelope(status, body, model, 3)
+        for text, item in zip(texts, body["data"], strict=True):
+            assert which_model(item["embedding"], text, ALL_MODELS, dims) == expected
+        assert body["usage"]["total_tokens"] == sum(count_tokens(t) for t in texts)
+
+
+@pytest.mark.parametrize(("model", "dims"), [(TEI_MODEL, TEI_DIMS), (VLLM_MODEL, VLLM_DIMS)])
+async def test_token_ids_go_to_tei_and_vllm(model: str, dims: int) -> None:
+    async with stack() as s:
+        status, body = await s.post({"model": model, "input": [101, 2023, 102]})
+        assert_envelope(status, body, model, 1)
+        assert which_model(body["data"][0]["embedding"], [101, 2023, 102], ALL_MODELS, dims) \
+            == model
+
+        batch = [[1, 2, 3], [4, 5], [6]]
+        status, body = await s.post({"model": model, "input": batch})
+        assert_envelope(status, body, model, 3)
+        for ids, item in zip(batch, body["data"], strict=True):
+            assert which_model(item["embedding"], ids, ALL_MODELS, dims) == model
+        assert body["usage"]["prompt_tokens"] == 6
+
+
+async def test_token_ids_to_ollama_are_refused_before_reaching_it() -> None:
+    async with stack() as s:
+        for tokens in ([1, 2, 3], [[1, 2], [3]]):
+            status, body = await s.post({"model": OLLAMA_MODEL, "input": tokens})
+            assert status == 400
+            assert body["error"]["param"] == "input"
+            assert "token" in body["error"]["message"]
+        assert s.embedding_requests("ollama") == []
+
+
+@pytest.mark.parametrize(("model", "dims"), [(TEI_MODEL, TEI_DIMS), (OLLAMA_MODEL, OLLAMA_DIMS),
+                                             (VLLM_MODEL, VLLM_DIMS)])
+async def test_base64_is_float32_little_endian_of_the_float_answer(model: str, dims: int) -> None:
+    texts = ["one", "two three"]
+    async with stack() as s:
+        _, floats = await s.post({"model": model, "input": texts, "encoding_format": "float"})
+        status, b64 = await s.post({"model": model, "input": texts, "encoding_format": "base64"})
+        assert_envelope(status, b64, model, 2)
+        for f, b in zip(floats["data"], b64["data"], strict=True):
+            assert isinstance(b["embedding"], str)
+            decoded = from_base64(b["embedding"])
+            assert decoded.shape == (dims,)
+            np.testing.assert_array_equal(decoded, np.asarray(f["embedding"], dtype=np.float32))
+
+
+async def test_dimensions_cut_and_renormalise_a_matryoshka_model() -> None:
+    texts = ["matryoshka doll", "nested"]
+    async with stack() as s:
+        for fmt in ("float", "base64"):
+            status, body = await s.post(
+                {"model": "e5", "input": texts, "dimensions": 16, "encoding_format": fmt}
+            )
+            assert_envelope(status, body, "e5", 2)
+            for text, item in zip(texts, body["data"], strict=True):
+                raw = item["embedding"]
+                got = from_base64(raw) if fmt == "base64" else np.asarray(raw, dtype=np.float32)
+                assert got.shape == (16,)
+                assert abs(float(np.linalg.norm(got)) - 1.0) < 1e-5
+                expected = cut(fake_vector(TEI_MODEL, text, TEI_DIMS), 16)
+                np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+async def test_dimensions_refused_for_a_model_not_marked_matryoshka() -> None:
+    async with stack() as s:
+        status, body = await s.post({"model": OLLAMA_MODEL, "input": "x", "dimensions": 8})
+        assert status == 400
+        assert body["error"]["param"] == "dimensions"
+        assert "Matryoshka" in body["error"]["message"]
+        assert s.embedding_requests("ollama") == []
+
+
+async def test_dimensions_above_the_configured_size_are_refused() -> None:
+    async with stack() as s:
+        status, body = await s.post({"model": "e5", "input": "x", "dimensions": TEI_DIMS + 1})
+        assert status == 400
+        assert body["error"]["param"] == "dimensions"
+        assert str(TEI_DIMS) in body["error"]["message"]
+        status, body = await s.post({"model": "e5", "input": "x", "dimensions": TEI_DIMS})
+        assert_envelope(status, body, "e5", 1)
+        assert len(body["data"][0]["embedding"]) == TEI_DIMS
+
+
+async def test_a_thousand_inputs_are_split_to_the_upstream_limit_and_kept_in_order() -> None:
+    texts = [f"input number {i}" for i in range(1000)]
+    async with stack(tei_batch=32) as s:
+        status, body = await s.post({"model": TEI_MODEL, "input": texts})
+        assert_envelope(status, body, TEI_MODEL, 1000)
+        for text, item in zip(texts, body["data"], strict=True):
+            assert which_model(item["embedding"], text, [TEI_MODEL], TEI_DIMS) == TEI_MODEL
+        assert body["usage"]["prompt_tokens"] == 3 * 1000
+        chunks = [len(b["input"]) for b in s.embedding_requests("tei")]
+        assert sum(chunks) == 1000
+        assert max(chunks) <= 32
+        assert len(chunks) >= 1000 // 32
+
+
+async def test_a_small_upstream_batch_limit_learnt_from_tei_info_is_obeyed() -> None:
+    texts = [f"t{i}" for i in range(23)]
+    async with stack(tei_batch=5) as s:
+        status, body = await s.post({"model": TEI_MODEL, "input": texts})
+        assert_envelope(status, body, TEI_MODEL, 23)
+        chunks = [len(b["input"]) for b in s.embedding_requests("tei")]
+        assert sum(chunks) == 23 and max(chunks) <= 5
+        for text, item in zip(texts, body["data"], strict=True):
+            assert which_model(item["embedding"], text, [TEI_MODEL], TEI_DIMS) == TEI_MODEL
+
+
+async def test_a_large_float_response_parses() -> None:
+    texts = [f"row {i}" for i in range(300)]
+    async with stack() as s:
+        async with s.session.post(
+            f"{s.url}/v1/embeddings", json={"model": "e5", "input": texts}
+        ) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "application/json"
+            body = await resp.json()
+        assert_envelope(200, body, "e5", 300)
+        matrix = np.asarray([item["embedding"] for item in body["data"]], dtype=np.float32)
+        assert matrix.shape == (300, TEI_DIMS)
+        np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+        assert which_model(matrix[299], "row 299", ALL_MODELS, TEI_DIMS) == TEI_MODEL
