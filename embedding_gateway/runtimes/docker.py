@@ -109,7 +109,9 @@ class DockerRuntime:
         Docker's own errors (``NotFound``, conflicts) stay for the caller to judge."""
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
-        except OSError as exc:  # requests' connection errors and timeouts are OSErrors
+        except DockerException:  # APIError is an OSError too; it is Docker's answer
+            raise
+        except OSError as exc:  # requests' connection errors and timeouts
             raise RuntimeStartError(
                 f"the Docker daemon at {self._where} is unreachable: {exc}") from None
 
