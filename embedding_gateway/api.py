@@ -101,9 +101,22 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
-def add_routes(app: web.Application) -> None:
+async def debug_block_loop(request: web.Request) -> web.Response:
+    """Test hook (``server.debug_endpoints``): block the event loop, as a stuck handler would,
+    so tests can see the watchdog pings stop."""
+    try:
+        seconds = min(float(request.query.get("seconds", "1")), 30.0)
+    except ValueError:
+        raise InvalidRequest("'seconds' must be a number", param="seconds") from None
+    time.sleep(seconds)  # noqa: ASYNC251 - blocking is the point of this hook
+    return json_response({"blocked_seconds": seconds})
+
+
+def add_routes(app: web.Application, *, debug: bool = False) -> None:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)
+    if debug:
+        app.router.add_post("/debug/block-loop", debug_block_loop)

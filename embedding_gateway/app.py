@@ -42,7 +42,7 @@ def create_app(
                 await gateway.close()
 
     app.cleanup_ctx.append(gateway_ctx)
-    api.add_routes(app)
+    api.add_routes(app, debug=config.server.debug_endpoints)
     if config.server.playground:
         from .playground import PLAYGROUND_CONTEXT, setup_playground
 
