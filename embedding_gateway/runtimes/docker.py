@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -213,7 +214,7 @@ class DockerRuntime:
             if container is None:
                 return
             try:
-                await self._call(container.stop, timeout=max(0, round(grace)))
+                await self._call(container.stop, timeout=math.ceil(max(0.0, grace)))
             except NotFound:
                 return
             await self._force_remove(container)
