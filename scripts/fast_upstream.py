@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A minimal, fast OpenAI-compatible embeddings server: the baseline for gateway overhead.
 
-Every input gets the same unit vector, so a response is a join of precomputed byte strings:
-no per-float Python work on the request path. It speaks the OpenAI wire format (float or
+Every input gets the same unit vector, so a response is a cached byte string plus the model
+and usage: no per-float Python work on the request path. It speaks the OpenAI wire format (float or
 base64 float32 little-endian, ``dimensions``, ``usage``, the error envelope), so it can stand
 in for a real upstream or for the gateway itself.
 
@@ -23,9 +23,7 @@ import orjson
 from aiohttp import web
 
 JSON = "application/json"
-RESPONSE = (
-    b'{"object":"list","data":[%s],"model":%s,"usage":{"prompt_tokens":%d,"total_tokens":%d}}'
-)
+TAIL = b'"model":%s,"usage":{"prompt_tokens":%d,"total_tokens":%d}}'
 
 
 def unit_vector(dims: int, seed: int) -> np.ndarray:
@@ -46,7 +44,7 @@ class InvalidInput(ValueError):
 def count_tokens(raw: Any) -> tuple[int, int]:
     """Return (number of inputs, approximate token count): words for text, length for ids."""
     if isinstance(raw, str):
-        return 1, len(raw.split())
+        return 1, raw.count(" ") + 1
     if not isinstance(raw, list) or not raw:
         raise InvalidInput("'input' must be a non-empty string or array")
     first = raw[0]
@@ -54,10 +52,9 @@ def count_tokens(raw: Any) -> tuple[int, int]:
         return 1, len(raw)
     tokens = 0
     if isinstance(first, str):
-        for text in raw:
-            if not isinstance(text, str):
-                raise InvalidInput("'input' must not mix strings and other types")
-            tokens += len(text.split())
+        if not all(isinstance(text, str) for text in raw):
+            raise InvalidInput("'input' must not mix strings and other types")
+        tokens = sum(text.count(" ") for text in raw) + len(raw)
     elif isinstance(first, list):
         for ids in raw:
             if not isinstance(ids, list) or not ids:
@@ -68,12 +65,15 @@ def count_tokens(raw: Any) -> tuple[int, int]:
     return len(raw), tokens
 
 
-class VectorItems:
-    """Per (dims, encoding) the serialised ``data`` items, grown on demand and kept."""
+class ResponseHeads:
+    """Serialised ``{"object":"list","data":[…],`` per (count, dims, encoding), kept for reuse."""
+
+    keep = 32
 
     def __init__(self, vector: np.ndarray) -> None:
         self.vector = vector
         self.items: dict[tuple[int, str], list[bytes]] = {}
+        self.heads: dict[tuple[int, int, str], bytes] = {}
 
     def embedding_bytes(self, dims: int, encoding: str) -> bytes:
         cut = self.vector[:dims]
@@ -82,17 +82,22 @@ class VectorItems:
             return b'"' + base64.b64encode(cut.astype("<f4").tobytes()) + b'"'
         return orjson.dumps(cut, option=orjson.OPT_SERIALIZE_NUMPY)
 
-    def joined(self, count: int, dims: int, encoding: str) -> bytes:
-        items = self.items.get((dims, encoding))
-        if items is None:
-            items = self.items[(dims, encoding)] = []
-        if len(items) < count:
-            embedding = self.embedding_bytes(dims, encoding)
-            items.extend(
-                b'{"object":"embedding","index":%d,"embedding":%s}' % (index, embedding)
-                for index in range(len(items), count)
-            )
-        return b",".join(items[:count])
+    def head(self, count: int, dims: int, encoding: str) -> bytes:
+        key = (count, dims, encoding)
+        head = self.heads.get(key)
+        if head is None:
+            items = self.items.setdefault((dims, encoding), [])
+            if len(items) < count:
+                embedding = self.embedding_bytes(dims, encoding)
+                items.extend(
+                    b'{"object":"embedding","index":%d,"embedding":%s}' % (index, embedding)
+                    for index in range(len(items), count)
+                )
+            head = b"".join((b'{"object":"list","data":[', b",".join(items[:count]), b"],"))
+            if len(self.heads) >= self.keep:
+                del self.heads[next(iter(self.heads))]
+            self.heads[key] = head
+        return head
 
 
 class FastUpstream:
@@ -102,7 +107,7 @@ class FastUpstream:
         self.models = models
         self.dims = dims
         self.max_inputs = max_inputs
-        self.vectors = VectorItems(unit_vector(dims, seed))
+        self.heads = ResponseHeads(unit_vector(dims, seed))
         self.models_body = orjson.dumps(
             {
                 "object": "list",
@@ -149,12 +154,7 @@ class FastUpstream:
         if not isinstance(dims, int) or not 0 < dims <= self.dims:
             message = f"dimensions must be an integer in 1..{self.dims}"
             return error_response(400, message, "dimensions", None)
-        body = RESPONSE % (
-            self.vectors.joined(count, dims, encoding),
-            orjson.dumps(model),
-            tokens,
-            tokens,
-        )
+        body = self.heads.head(count, dims, encoding) + TAIL % (orjson.dumps(model), tokens, tokens)
         return web.Response(body=body, content_type=JSON)
 
     async def list_models(self, request: web.Request) -> web.Response:
