@@ -92,7 +92,9 @@ def parse_embedding_request(body: bytes, *, max_inputs: int) -> EmbeddingRequest
         raise InvalidRequest("'input' is required", param="input")
     inputs, tokens = _parse_input(data["input"], max_inputs)
 
-    encoding_format = data.get("encoding_format") or "float"
+    encoding_format = data.get("encoding_format")
+    if encoding_format is None:
+        encoding_format = "float"
     if encoding_format not in ("float", "base64"):
         raise InvalidRequest(
             f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}",
