@@ -44,10 +44,10 @@ def render_error(error: GatewayError, request_id: str | None = None) -> web.Resp
     )
 
 
-def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+def _from_http_exception(exc: web.HTTPException, max_body_bytes: int) -> GatewayError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge(
-            f"the request body is larger than this gateway's limit of {exc.max_size} bytes"
+            f"the request body is larger than this gateway's limit of {max_body_bytes} bytes"
         )
     if isinstance(exc, web.HTTPNotFound):
         return NotFound("no such route; the API is under /v1 (POST /v1/embeddings)")
@@ -73,7 +73,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = _from_http_exception(exc)
+        error = _from_http_exception(
+            exc, request.app[GATEWAY].config.server.limits.max_body_bytes
+        )
         response = render_error(error, request_id)
         fields["error"] = error.message
     except Exception:
