@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from playwright.async_api import Browser, async_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,17 +48,3 @@ async def launch_chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
-
-
-@contextlib.asynccontextmanager
-async def serve_app(app: web.Application) -> AsyncIterator[str]:
-    """Run ``app`` on 127.0.0.1 on a free port; yield its base URL; stop it afterwards."""
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,8 @@ import numpy as np
 import pytest
 from playwright.async_api import Browser, Page
 
-from embedding_gateway.app import create_app
-from embedding_gateway.config import parse_config
-from tests.browser_support import launch_chromium, serve_app
+from tests.browser_support import launch_chromium
+from tests.conftest import GatewayFactory
 from tests.fakes import FAKE_STATE, serve_fake
 from tests.fakes.ollama import create_ollama_app
 from tests.fakes.tei import create_tei_app
@@ -69,12 +70,22 @@ def gateway_config(urls: dict[str, str], api_keys: list[str] | None = None) -> d
     }
 
 
-@contextlib.asynccontextmanager
-async def gateway(api_keys: list[str] | None = None) -> AsyncIterator[str]:
-    async with upstreams() as urls:
-        app = create_app(parse_config(gateway_config(urls, api_keys), env={}))
-        async with serve_app(app) as base_url:
-            yield base_url
+@pytest.fixture
+def playground_gateway(gateway: GatewayFactory) -> Callable[..., Any]:
+    """``async with playground_gateway(api_keys=..., managed=...) as url``: a gateway in front of
+    ``upstreams()``, plus any extra backends in ``managed``."""
+
+    @contextlib.asynccontextmanager
+    async def run(
+        api_keys: list[str] | None = None, managed: dict[str, Any] | None = None
+    ) -> AsyncIterator[str]:
+        async with upstreams() as urls:
+            config = gateway_config(urls, api_keys)
+            config["backends"].update(managed or {})
+            async with gateway(config) as base_url:
+                yield base_url
+
+    return run
 
 
 @pytest.fixture
@@ -111,6 +122,16 @@ async def embed_batch(page: Page, model: str, texts: list[str]) -> None:
     await page.click("[data-testid=embed-run]")
 
 
+async def choose_compare_models(page: Page, models: list[str]) -> None:
+    """Open the Compare tab and tick exactly ``models``."""
+    await page.click("[data-testid=tab-compare]")
+    boxes = page.locator("[data-testid=compare-model]")
+    for index in range(await boxes.count()):
+        await boxes.nth(index).uncheck()
+    for model in models:
+        await page.check(f"[data-testid=compare-model][value='{model}']")
+
+
 async def gateway_vectors(base_url: str, model: str, texts: list[str],
                           key: str | None = None) -> np.ndarray:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -145,9 +166,9 @@ async def heatmap_texts(page: Page, scope: str) -> list[list[str]]:
 
 
 async def test_embed_tab_shows_a_heatmap_with_the_gateways_cosines(
-    browser: Browser, tmp_path: Path
+    browser: Browser, playground_gateway: Callable[..., Any], tmp_path: Path
 ) -> None:
-    async with gateway() as base_url, open_playground(browser, base_url) as page:
+    async with playground_gateway() as base_url, open_playground(browser, base_url) as page:
         await wait_for_models(page)
         groups = await page.eval_on_selector_all(
             "#embed-model optgroup", "(gs) => gs.map((g) => g.label)")
@@ -181,17 +202,12 @@ async def test_embed_tab_shows_a_heatmap_with_the_gateways_cosines(
 
 
 async def test_compare_tab_shows_matrices_and_rank_agreement(
-    browser: Browser, tmp_path: Path
+    browser: Browser, playground_gateway: Callable[..., Any], tmp_path: Path
 ) -> None:
     texts = [*BATCH, "Stock markets fell sharply."]
-    async with gateway() as base_url, open_playground(browser, base_url) as page:
+    async with playground_gateway() as base_url, open_playground(browser, base_url) as page:
         await wait_for_models(page)
-        await page.click("[data-testid=tab-compare]")
-        boxes = page.locator("[data-testid=compare-model]")
-        for index in range(await boxes.count()):
-            await boxes.nth(index).uncheck()
-        await page.check("[data-testid=compare-model][value='bge-m3']")
-        await page.check("[data-testid=compare-model][value='e5-small']")
+        await choose_compare_models(page, ["bge-m3", "e5-small"])
         await page.fill("[data-testid=compare-text]", "\n".join(texts))
         await page.click("[data-testid=compare-run]")
         await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
@@ -215,10 +231,10 @@ async def test_compare_tab_shows_matrices_and_rank_agreement(
 
 
 async def test_hostile_model_name_and_text_are_shown_as_text(
-    browser: Browser, tmp_path: Path
+    browser: Browser, playground_gateway: Callable[..., Any], tmp_path: Path
 ) -> None:
     hostile_texts = ["<script>window.__xss=2</script>", XSS_NAME, "plain"]
-    async with gateway() as base_url, open_playground(browser, base_url) as page:
+    async with playground_gateway() as base_url, open_playground(browser, base_url) as page:
         await wait_for_models(page)
         options = await page.eval_on_selector_all(
             "#embed-model option", "(os) => os.map((o) => o.value)")
@@ -230,9 +246,7 @@ async def test_hostile_model_name_and_text_are_shown_as_text(
             "#embed-heatmap [data-testid=heatmap-row]", "(hs) => hs.map((h) => h.title)")
         assert labels == hostile_texts
 
-        await page.click("[data-testid=tab-compare]")
-        await page.check(f"[data-testid=compare-model][value='{XSS_NAME}']")
-        await page.check("[data-testid=compare-model][value='bge-m3']")
+        await choose_compare_models(page, [XSS_NAME, "bge-m3"])
         await page.fill("[data-testid=compare-text]", "\n".join(hostile_texts))
         await page.click("[data-testid=compare-run]")
         await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
@@ -246,18 +260,16 @@ async def test_hostile_model_name_and_text_are_shown_as_text(
 
 
 async def test_failing_upstream_shows_its_error_and_the_page_stays_usable(
-    browser: Browser, tmp_path: Path
+    browser: Browser, playground_gateway: Callable[..., Any], tmp_path: Path
 ) -> None:
-    async with gateway() as base_url, open_playground(browser, base_url) as page:
+    async with playground_gateway() as base_url, open_playground(browser, base_url) as page:
         await wait_for_models(page)
         await embed_batch(page, "broken", BATCH)
         error_box = page.locator("[data-testid=error-box]")
         await error_box.wait_for(state="visible")
         assert "Inference failed" in (await error_box.text_content() or "")
 
-        await page.click("[data-testid=tab-compare]")
-        await page.check("[data-testid=compare-model][value='broken']")
-        await page.check("[data-testid=compare-model][value='e5-small']")
+        await choose_compare_models(page, ["broken", "e5-small"])
         await page.fill("[data-testid=compare-text]", "\n".join(BATCH))
         await page.click("[data-testid=compare-run]")
         await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
@@ -278,8 +290,13 @@ async def test_failing_upstream_shows_its_error_and_the_page_stays_usable(
         assert len(await heatmap_texts(page, "#embed-heatmap")) == 3
 
 
-async def test_api_key_field_makes_requests_work(browser: Browser, tmp_path: Path) -> None:
-    async with gateway(api_keys=[API_KEY]) as base_url, open_playground(browser, base_url) as page:
+async def test_api_key_field_makes_requests_work(
+    browser: Browser, playground_gateway: Callable[..., Any], tmp_path: Path
+) -> None:
+    async with (
+        playground_gateway(api_keys=[API_KEY]) as base_url,
+        open_playground(browser, base_url) as page,
+    ):
         key_box = page.locator("[data-testid=api-key-box]")
         assert await key_box.is_visible()
         page_error = page.locator("[data-testid=page-error]")
@@ -303,3 +320,62 @@ async def test_api_key_field_makes_requests_work(browser: Browser, tmp_path: Pat
             "sessionStorage.getItem('embedding-gateway.api-key')")
         assert stored == API_KEY
         await page.screenshot(path=tmp_path / "api-key.png", full_page=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def managed_fake_tei() -> dict[str, Any]:
+    """A managed backend whose two models are served one at a time by a fake TEI process."""
+    command = [sys.executable, "-m", "tests.fakes.tei", "--port", "{port}", "--model-id", "{model}"]
+    return {"local": {
+        "kind": "tei", "base_url": f"http://127.0.0.1:{free_port()}",
+        "managed": {"runtime": "process", "command": command, "start_timeout": 60,
+                    "idle_timeout": 0},
+        "models": {"fake/minilm": {"aliases": ["minilm"]},
+                   "fake/bge-small": {"aliases": ["bge-small"]}},
+    }}
+
+
+async def test_compare_runs_models_of_one_managed_backend_one_after_another(
+    browser: Browser, playground_gateway: Callable[..., Any], tmp_path: Path
+) -> None:
+    texts = BATCH
+    async with (
+        playground_gateway(managed=managed_fake_tei()) as base_url,
+        open_playground(browser, base_url) as page,
+    ):
+        events: list[tuple[str, str]] = []
+
+        def record(kind: str) -> Callable[[Any], None]:
+            def on_request(request: Any) -> None:
+                if request.url.endswith("/v1/embeddings"):
+                    events.append((kind, request.post_data_json["model"]))
+            return on_request
+
+        page.on("request", record("start"))
+        page.on("requestfinished", record("end"))
+        page.on("requestfailed", record("end"))
+        await wait_for_models(page)
+        await choose_compare_models(page, ["bge-m3", "minilm", "bge-small"])
+        serial = page.locator("[data-testid=compare-plan-serial]")
+        assert await serial.count() == 1
+        note = await serial.text_content() or ""
+        assert "minilm" in note and "bge-small" in note and "one after another" in note
+        await page.fill("[data-testid=compare-text]", "\n".join(texts))
+        await page.click("[data-testid=compare-run]")
+        await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
+
+        states = await page.eval_on_selector_all(
+            "[data-testid=compare-card]",
+            "(cs) => cs.map((c) => [c.dataset.model, c.dataset.state])")
+        assert sorted(states) == [["bge-m3", "done"], ["bge-small", "done"], ["minilm", "done"]]
+        first, second = sorted(("minilm", "bge-small"), key=lambda m: events.index(("start", m)))
+        assert events.index(("end", first)) < events.index(("start", second))
+        assert await page.locator("[data-testid=compare-matrix]").count() == 3
+        values = await page.locator("[data-testid=rank-agreement-value]").all_text_contents()
+        assert len(values) == 3 and all(-1 <= float(v) <= 1 for v in values)
+        await page.screenshot(path=tmp_path / "compare-managed.png", full_page=True)
