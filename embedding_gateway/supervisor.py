@@ -260,6 +260,12 @@ class Supervisor(Upstream):
             return self.cfg.ports[0] + slot
         return self._base_port + slot
 
+    def _slot_at(self, port: int) -> int | None:
+        """The free slot whose port is ``port`` (where an adopted instance must go)."""
+        used = {i.slot for i in self.instances.values()}
+        return next((n for n in range(self.cfg.max_instances)
+                     if n not in used and self._port_for(n) == port), None)
+
     def _start(self, model: str) -> None:
         slot = self._free_slot_index()
         port = self._port_for(slot)
@@ -416,16 +422,14 @@ class Supervisor(Upstream):
             return
         models = self.backend.config.models
         for item in found:
+            slot = self._slot_at(item.host_port) if item.host_port is not None else None
             keep = (
-                item.running and item.model in models and item.host_port is not None
-                and len(self.instances) < self.cfg.max_instances
-                and not any(i.model == item.model or i.port == item.host_port
-                            for i in self.instances.values())
+                item.running and item.model in models and slot is not None
+                and not any(i.model == item.model for i in self.instances.values())
             )
             if keep:
-                assert item.host_port is not None
-                slot = self._free_slot_index()
-                instance = Instance(item.instance, slot, item.model, item.host_port,
+                assert item.host_port is not None and slot is not None
+                instance = Instance(f"{self.name}-{slot}", slot, item.model, item.host_port,
                                     self._instance_url(item.host_port), state="ready")
                 try:
                     probe = await self.backend.probe(instance.base_url, self.probe_timeout)
