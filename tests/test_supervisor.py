@@ -1,0 +1,395 @@
+"""The supervisor through a real gateway, with instances that are fake TEI apps on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+
+from embedding_gateway.runtimes.base import FoundInstance
+from tests.conftest import run_gateway
+from tests.fake_runtime import FakeRuntime
+from tests.fakes.vectors import which_model
+
+MODELS = ["m-a", "m-b", "m-c", "m-p"]
+DIMS = 384
+WAIT = 10.0
+pytestmark = pytest.mark.timeout(30)
+
+
+def free_pair() -> int:
+    """A port p with p and p + 1 free (instance slots 0 and 1)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return int(port)
+    raise OSError("no two adjacent free ports")
+
+
+def backend(port: int, models: dict[str, dict[str, Any]] | list[str], **managed: Any
+            ) -> dict[str, Any]:
+    settings = {"runtime": "process", "command": ["unused"], "start_timeout": 5,
+                "queue_timeout": 8, "stop_timeout": 1, "max_wait": 30, **managed}
+    if isinstance(models, list):
+        models = {name: {} for name in models}
+    return {"kind": "tei", "base_url": f"http://127.0.0.1:{port}", "managed": settings,
+            "models": models}
+
+
+@asynccontextmanager
+async def gateway(runtime: FakeRuntime, backends: dict[str, Any], **top: Any
+                  ) -> AsyncIterator[Client]:
+    config = {"server": {"playground": False, "health_timeout": 1}, "backends": backends,
+              **top}
+    try:
+        async with run_gateway(config, runtime_factory=lambda managed: runtime) as url, \
+                aiohttp.ClientSession() as session:
+            yield Client(url, session)
+    finally:
+        await runtime.shutdown()
+
+
+class Client:
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self.url, self.session = url, session
+
+    async def embed(self, model: str, text: str = "hello") -> tuple[int, dict[str, Any],
+                                                                     dict[str, str]]:
+        async with self.session.post(f"{self.url}/v1/embeddings",
+                                     json={"model": model, "input": text}) as response:
+            return response.status, await response.json(), dict(response.headers)
+
+    async def ok(self, model: str, text: str = "hello") -> None:
+        """One request that must succeed with vectors from ``model`` itself."""
+        status, body, _ = await self.embed(model, text)
+        assert status == 200, body
+        assert which_model(body["data"][0]["embedding"], text, MODELS, DIMS) == model
+
+    async def models(self) -> dict[str, dict[str, Any]]:
+        async with self.session.get(f"{self.url}/v1/models") as response:
+            return {m["id"]: m for m in (await response.json())["data"]}
+
+    async def health(self) -> dict[str, Any]:
+        async with self.session.get(f"{self.url}/health") as response:
+            return await response.json()  # type: ignore[no-any-return]
+
+    async def state(self, model: str) -> str:
+        return str((await self.models())[model]["state"])
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def queued(client: Client, backend_name: str, model: str, count: int) -> bool:
+    health = await client.health()
+    return bool(health["backends"][backend_name]["queued"].get(model, 0) >= count)
+
+
+async def test_requests_are_grouped_by_model_a_b_a_c_needs_three_starts() -> None:
+    runtime = FakeRuntime()
+    runtime.start_delay = {"m-a": 0.3}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS)}) as client:
+        tasks = []
+        for model in ["m-a", "m-b", "m-a", "m-c"]:
+            tasks.append(asyncio.create_task(client.ok(model)))
+            await until(lambda m=model, n=tasks: queued_total(client, len(n)), f"{model} queued")
+        await asyncio.gather(*tasks)
+        assert runtime.starts == ["m-a", "m-b", "m-c"]
+        assert runtime.stops == ["m-a", "m-b"]
+
+
+async def queued_total(client: Client, count: int) -> bool:
+    health = await client.health()
+    return sum(health["backends"]["t"]["queued"].values()) >= count
+
+
+async def test_a_stream_of_one_model_does_not_starve_another() -> None:
+    runtime = FakeRuntime()
+    runtime.request_delay = {"m-a": 0.05}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS, max_wait=0.3,
+                                              queue_timeout=8)}) as client:
+        await client.ok("m-a")
+        done = asyncio.Event()
+
+        async def stream() -> None:
+            while not done.is_set():
+                await client.ok("m-a")
+
+        workers = [asyncio.create_task(stream()) for _ in range(4)]
+        await client.ok("m-b")
+        done.set()
+        await asyncio.gather(*workers)
+        assert runtime.starts[:2] == ["m-a", "m-b"]
+
+
+async def test_a_slow_request_completes_before_its_instance_is_stopped() -> None:
+    runtime = FakeRuntime()
+    runtime.request_delay = {"m-a": 1.0}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS, max_wait=0.1)}) as client:
+        slow = asyncio.create_task(client.ok("m-a", "slow one"))
+        await until(lambda: inflight(client, "m-a"), "m-a request in flight")
+        other = asyncio.create_task(client.ok("m-b"))
+        await until(lambda: has_state(client, "m-a", "draining"), "m-a draining")
+        assert runtime.stops == []
+        await slow
+        await other
+        assert runtime.stops == ["m-a"]
+        assert runtime.starts == ["m-a", "m-b"]
+
+
+async def inflight(client: Client, model: str) -> bool:
+    instances = (await client.health())["backends"]["t"]["instances"]
+    return any(i["model"] == model and i["inflight"] > 0 for i in instances)
+
+
+async def has_state(client: Client, model: str, state: str) -> bool:
+    return await client.state(model) == state
+
+
+async def test_queue_timeout_is_a_503_with_retry_after() -> None:
+    runtime = FakeRuntime()
+    runtime.start_delay = {"m-a": 1.5}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS,
+                                              queue_timeout=0.3)}) as client:
+        status, body, headers = await client.embed("m-a")
+        assert status == 503, body
+        assert "queue_timeout" in body["error"]["message"]
+        assert int(headers["Retry-After"]) >= 1
+        await until(lambda: has_state(client, "m-a", "loaded"), "the start went on")
+        await client.ok("m-a")
+        assert runtime.starts == ["m-a"]
+
+
+async def test_a_full_queue_is_a_429_with_retry_after() -> None:
+    runtime = FakeRuntime()
+    runtime.start_delay = {"m-a": 0.5}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS, max_queue=2)}) as client:
+        first = [asyncio.create_task(client.ok("m-a")) for _ in range(2)]
+        await until(lambda: queued(client, "t", "m-a", 2), "two queued")
+        status, body, headers = await client.embed("m-a")
+        assert status == 429, body
+        assert "max_queue" in body["error"]["message"]
+        assert int(headers["Retry-After"]) >= 1
+        await asyncio.gather(*first)
+
+
+async def test_max_instances_evicts_the_least_recently_used() -> None:
+    runtime = FakeRuntime()
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS, max_instances=2)}) as client:
+        await client.ok("m-a")
+        await client.ok("m-b")
+        await client.ok("m-a")
+        await client.ok("m-c")
+        assert runtime.stops == ["m-b"]
+        states = await client.models()
+        assert states["m-a"]["state"] == "loaded"
+        assert states["m-c"]["state"] == "loaded"
+        assert states["m-b"]["state"] == "idle"
+        assert sorted(runtime.running()) == ["m-a", "m-c"]
+
+
+async def test_a_gpu_budget_is_shared_across_backends() -> None:
+    runtime = FakeRuntime()
+    on_gpu = {"memory_gb": 6, "gpu": "0"}
+    backends = {"t": backend(free_pair(), {"m-a": on_gpu}),
+                "u": backend(free_pair(), {"m-b": on_gpu})}
+    async with gateway(runtime, backends, gpus={"0": {"memory_gb": 10}}) as client:
+        await client.ok("m-a")
+        await client.ok("m-b")
+        assert runtime.stops == ["m-a"]
+        assert runtime.running() == ["m-b"]
+        await client.ok("m-a")
+        assert runtime.stops == ["m-a", "m-b"]
+
+
+async def test_a_pinned_model_is_loaded_at_start_and_never_evicted() -> None:
+    runtime = FakeRuntime()
+    models = {"m-p": {"pinned": True}, "m-a": {}, "m-b": {}}
+    async with gateway(runtime, {"t": backend(free_pair(), models, max_instances=2,
+                                              idle_timeout=0.2)}) as client:
+        await until(lambda: has_state(client, "m-p", "loaded"), "m-p preloaded")
+        await client.ok("m-a")
+        await client.ok("m-b")
+        await client.ok("m-a")
+        assert "m-p" not in runtime.stops
+        assert runtime.stops[:2] == ["m-a", "m-b"]
+        await client.ok("m-p")
+
+
+async def test_an_idle_instance_is_unloaded() -> None:
+    runtime = FakeRuntime()
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS, idle_timeout=0.2)}) as client:
+        await client.ok("m-a")
+        await until(lambda: has_state(client, "m-a", "idle"), "m-a unloaded")
+        assert runtime.stops == ["m-a"]
+        await client.ok("m-a")
+        assert runtime.starts == ["m-a", "m-a"]
+
+
+async def test_min_loaded_keeps_a_fresh_instance() -> None:
+    runtime = FakeRuntime()
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS, min_loaded=1.0)}) as client:
+        await client.ok("m-a")
+        other = asyncio.create_task(client.ok("m-b"))
+        await until(lambda: queued(client, "t", "m-b", 1), "m-b queued")
+        await asyncio.sleep(0.3)
+        assert await client.state("m-a") == "loaded"
+        assert runtime.stops == []
+        await other
+        assert runtime.stops == ["m-a"]
+
+
+async def test_an_instance_that_exits_at_once_is_a_503_with_its_log_lines() -> None:
+    runtime = FakeRuntime()
+    runtime.exit_at_once = {"m-a": ["loading weights", "CUDA error: out of memory"]}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS)}) as client:
+        status, body, headers = await client.embed("m-a")
+        assert status == 503, body
+        assert "CUDA error: out of memory" in body["error"]["message"]
+        assert "Retry-After" in headers
+        state = (await client.models())["m-a"]
+        assert state["state"] == "failed"
+        assert "CUDA error: out of memory" in state["last_error"]
+        health = await client.health()
+        assert health["backends"]["t"]["healthy"] is False
+        assert "CUDA error" in health["backends"]["t"]["reason"]
+
+        del runtime.exit_at_once["m-a"]
+        await client.ok("m-a")
+        assert runtime.starts == ["m-a", "m-a"]
+        state = (await client.models())["m-a"]
+        assert state["state"] == "loaded"
+        assert state["instance"] == "t-0"
+        assert state["last_error"] is None
+
+
+async def test_a_runtime_start_error_is_a_503_naming_the_cause() -> None:
+    runtime = FakeRuntime()
+    runtime.fail_start = {"m-a": "image example/tei:1 is not present"}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS)}) as client:
+        status, body, _ = await client.embed("m-a")
+        assert status == 503, body
+        assert "image example/tei:1 is not present" in body["error"]["message"]
+
+
+async def test_start_timeout_is_a_503_and_the_instance_is_stopped() -> None:
+    runtime = FakeRuntime()
+    runtime.start_delay = {"m-a": 10.0}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS, start_timeout=0.4)}) as client:
+        status, body, _ = await client.embed("m-a")
+        assert status == 503, body
+        assert "start_timeout" in body["error"]["message"]
+        assert runtime.stops == ["m-a"]
+        assert runtime.running() == []
+        assert await client.state("m-a") == "failed"
+
+
+async def test_an_instance_serving_the_wrong_model_never_serves() -> None:
+    runtime = FakeRuntime()
+    runtime.serve_as = {"m-a": "m-b"}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS)}) as client:
+        status, body, _ = await client.embed("m-a")
+        assert status == 503, body
+        assert "data" not in body
+        assert "wrong model" in body["error"]["message"]
+        assert "m-b" in body["error"]["message"]
+        state = (await client.models())["m-a"]
+        assert state["state"] == "failed"
+        assert "wrong model" in state["reason"]
+        assert runtime.stops == ["m-a"]
+
+
+async def test_a_client_leaving_during_a_start_does_not_cancel_it() -> None:
+    runtime = FakeRuntime()
+    runtime.start_delay = {"m-a": 0.5}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS)}) as client:
+        request = asyncio.create_task(client.embed("m-a"))
+        await until(lambda: has_state(client, "m-a", "loading"), "m-a loading")
+        state = (await client.models())["m-a"]
+        assert state["instance"] == "t-0"
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await until(lambda: has_state(client, "m-a", "loaded"), "m-a loaded")
+        await client.ok("m-a")
+        assert runtime.starts == ["m-a"]
+        assert runtime.stops == []
+
+
+async def test_an_instance_killed_from_outside_is_restarted() -> None:
+    runtime = FakeRuntime()
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS)}) as client:
+        await client.ok("m-a")
+        await runtime.kill("m-a")
+        await until(lambda: has_state(client, "m-a", "failed"), "the death noticed")
+        await client.ok("m-a")
+        assert runtime.starts == ["m-a", "m-a"]
+
+
+async def test_adoption_keeps_the_right_healthy_instance_and_removes_the_rest() -> None:
+    runtime = FakeRuntime()
+    port = free_pair()
+    other_port = free_pair()
+    good = await runtime.serve_external("m-a", port)
+    liar = await runtime.serve_external("m-c", other_port)
+    runtime.existing = [
+        FoundInstance(good, "t", "m-a", "t-0", port, running=True),
+        FoundInstance(liar, "t", "m-b", "t-1", other_port, running=True),  # serves m-c
+        FoundInstance("fake-unknown", "t", "not-configured", "t-2", port + 1, running=True),
+        FoundInstance("fake-exited", "t", "m-b", "t-3", other_port + 1, running=False),
+        FoundInstance("fake-other", "elsewhere", "m-a", "x-0", 1, running=True),
+    ]
+    async with gateway(runtime, {"t": backend(port, MODELS, max_instances=4)}) as client:
+        assert await client.state("m-a") == "loaded"
+        await client.ok("m-a")
+        assert runtime.starts == []
+        assert sorted(runtime.removed) == sorted([liar, "fake-unknown", "fake-exited"])
+        assert runtime.running() == ["m-a"]
+
+
+async def test_an_adopted_instance_keeps_its_port_free_of_new_starts() -> None:
+    runtime = FakeRuntime()
+    port = free_pair()
+    ref = await runtime.serve_external("m-a", port + 1)
+    runtime.existing = [FoundInstance(ref, "t", "m-a", "t-1", port + 1, running=True)]
+    async with gateway(runtime, {"t": backend(port, MODELS, max_instances=2)}) as client:
+        await client.ok("m-b")
+        await client.ok("m-a")
+        assert runtime.starts == ["m-b"]
+
+
+async def test_health_and_models_show_loading_loaded_and_idle() -> None:
+    runtime = FakeRuntime()
+    runtime.start_delay = {"m-a": 0.4}
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS)}) as client:
+        states = await client.models()
+        assert {m: s["state"] for m, s in states.items()} == {m: "idle" for m in MODELS}
+        assert all(s["managed"] for s in states.values())
+        request = asyncio.create_task(client.ok("m-a"))
+        await until(lambda: has_state(client, "m-a", "loading"), "m-a loading")
+        health = (await client.health())["backends"]["t"]
+        assert health["managed"] is True
+        assert [(i["model"], i["state"]) for i in health["instances"]] == [("m-a", "starting")]
+        assert health["queued"] == {"m-a": 1}
+        await request
+        health = (await client.health())["backends"]["t"]
+        assert health["healthy"] is True
+        assert [(i["instance"], i["model"], i["state"]) for i in health["instances"]] == [
+            ("t-0", "m-a", "ready")]
+        assert health["models"]["m-a"]["state"] == "loaded"
+        assert health["models"]["m-b"]["state"] == "idle"
