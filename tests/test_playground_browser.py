@@ -4,6 +4,7 @@ upstreams on loopback."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -195,6 +196,15 @@ async def test_embed_tab_shows_a_heatmap_with_the_gateways_cosines(
         await health.nth(3).wait_for()
         assert sorted(await health.evaluate_all("(bs) => bs.map((b) => b.dataset.backend)")) == [
             "broken", "hostile", "ollama", "tei"]
+
+        async with page.expect_download() as download_info:
+            await page.click("[data-testid=embed-download]")
+        download = await download_info.value
+        saved = tmp_path / download.suggested_filename
+        await download.save_as(saved)
+        document = json.loads(saved.read_text(encoding="utf-8"))
+        assert document["inputs"] == BATCH and document["model"] == "bge-m3"
+        assert np.allclose(document["similarity"], expected)
 
         await page.screenshot(path=tmp_path / "embed.png", full_page=True)
         if os.environ.get("EG_UPDATE_DOCS_SCREENSHOT") == "1":
