@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from .backends.base import Backend, Probe
-from .errors import GatewayError, Unavailable, UpstreamFailed
+from .errors import GatewayError, Unavailable, UpstreamFailed, UpstreamTimeout
 
 log = structlog.get_logger("embedding_gateway.upstream")
 
@@ -140,9 +140,10 @@ class RemoteUpstream(Upstream):
                 self.backend.probe(self.base_url, self.probe_timeout), self.probe_timeout
             )
         except TimeoutError:
-            probe = Probe(reachable=False, reason=f"no answer within {self.probe_timeout:g} s")
+            reason = f"no answer within {self.probe_timeout:g} s"
+            probe = Probe(reachable=False, reason=reason, error=UpstreamTimeout(reason))
         except GatewayError as exc:
-            probe = Probe(reachable=False, reason=exc.message)
+            probe = Probe(reachable=False, reason=exc.message, error=exc)
         was_ok = self._probe is not None and self._probe.reachable
         if probe.reachable and probe.batch_limit:
             self.backend.upstream_batch_limit = probe.batch_limit
@@ -160,7 +161,8 @@ class RemoteUpstream(Upstream):
             self._refreshing = asyncio.create_task(self._run_probe())
         return await asyncio.shield(self._refreshing)
 
-    def _problem(self, model: str) -> str | None:
+    def _blocker(self, model: str) -> str | None:
+        """Why a request for ``model`` must not be sent now, if it must not."""
         probe = self._probe
         if probe is None:
             return "not checked yet"
@@ -168,13 +170,28 @@ class RemoteUpstream(Upstream):
             return probe.reason or "unreachable"
         return probe.mismatch.get(model)
 
+    def _problem(self, model: str) -> str | None:
+        probe = self._probe
+        return self._blocker(model) or (probe.absent.get(model) if probe else None)
+
+    def _refusal(self, model: str, problem: str) -> GatewayError:
+        """Unreachable upstreams answer as a failed call would (502, or 504 for a probe that
+        timed out); a wrong served model is 503 + Retry-After: never vectors from it."""
+        message = f"model {model!r} on backend {self.name!r} is unavailable: {problem}"
+        error = self._probe.error if self._probe is not None else None
+        if isinstance(error, UpstreamTimeout):
+            return UpstreamTimeout(message)
+        if error is not None and not isinstance(error, Unavailable):
+            return UpstreamFailed(message)
+        return Unavailable(message)
+
     @asynccontextmanager
     async def lease(self, model: str) -> AsyncIterator[str]:
         if self._problem(model) is not None:
             await self.refresh()
-        problem = self._problem(model)
+        problem = self._blocker(model)
         if problem is not None:
-            raise Unavailable(f"model {model!r} on backend {self.name!r} is unavailable: {problem}")
+            raise self._refusal(model, problem)
         self._inflight += 1
         self._idle.clear()
         try:
@@ -183,7 +200,8 @@ class RemoteUpstream(Upstream):
             if exc.code == "model_mismatch" and self._probe is not None:
                 self._probe.mismatch[model] = exc.message
             elif exc.code == "upstream_failed" and self._probe is not None:
-                self._probe.reachable, self._probe.reason = False, exc.message
+                probe = self._probe
+                probe.reachable, probe.reason, probe.error = False, exc.message, exc
             raise
         finally:
             self._inflight -= 1
@@ -200,8 +218,9 @@ class RemoteUpstream(Upstream):
         probe = self._probe
         if probe is None or not probe.reachable:
             reason: str | None = self._problem("")
-        elif probe.mismatch:
-            reason = "; ".join(f"{m}: {why}" for m, why in probe.mismatch.items())
+        elif probe.mismatch or probe.absent:
+            problems = {**probe.absent, **probe.mismatch}
+            reason = "; ".join(f"{m}: {why}" for m, why in problems.items())
         else:
             reason = None
         return {

@@ -36,7 +36,11 @@ class Probe:
     reason: str | None = None
     served: set[str] = field(default_factory=set)  # served names of configured models it serves
     mismatch: dict[str, str] = field(default_factory=dict)  # model -> why it is not served
+    # models the upstream does not have at all (Ollama: not pulled); requests still go through
+    # so that the upstream's own answer ("try pulling it first", 404) reaches the client
+    absent: dict[str, str] = field(default_factory=dict)
     batch_limit: int | None = None  # the upstream's own limit on inputs per request
+    error: GatewayError | None = None  # why it is unreachable, to answer requests in kind
 
 
 def served_name(name: str, model: ModelConfig) -> str:

@@ -65,5 +65,5 @@ class OllamaBackend(Backend):
             if with_tag(expected) in tags:
                 probe.served.add(expected)
             else:
-                probe.mismatch[name] = f"model {expected!r} is not pulled on this Ollama"
+                probe.absent[name] = f"model {expected!r} is not pulled on this Ollama"
         return probe
