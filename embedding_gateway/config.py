@@ -95,7 +95,7 @@ class ManagedConfig(_Strict):
     container_port: int = Field(default=80, gt=0, le=65535)
     gpus: list[str] | Literal["all", "none"] = "none"  # or a list of device ids
     volumes: list[str] = []
-    env: dict[str, str] = {}
+    env: dict[str, str] = Field(default={}, repr=False)  # may hold secrets
     docker_host: str | None = None
     init: bool = True
     shm_size: str | None = None
