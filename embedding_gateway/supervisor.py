@@ -110,6 +110,13 @@ class Supervisor(Upstream):
             instance = await self._wait_for(model)
         try:
             yield instance.base_url
+        except GatewayError as exc:
+            if await self._died(instance):
+                raise Unavailable(
+                    f"the instance serving {model!r} exited; the next request starts it again",
+                    retry_after=1,
+                ) from exc
+            raise
         finally:
             instance.inflight -= 1
             instance.last_used = time.monotonic()
@@ -382,18 +389,29 @@ class Supervisor(Upstream):
                 async with asyncio.timeout(0.25):  # timers: fairness, min_loaded, idle
                     await self._wake.wait()
 
+    async def _died(self, instance: Instance) -> bool:
+        """Whether a serving instance has exited; if so it is forgotten, so the next request
+        for its model starts it again."""
+        if instance.state not in ("ready", "draining") or instance.handle is None:
+            return False
+        if await self.runtime.is_alive(instance.handle):
+            return False
+        if instance.state not in ("ready", "draining"):
+            return False  # stopped on purpose meanwhile, or already forgotten
+        log.warning("instance_died", backend=self.name, instance=instance.id)
+        instance.state = "stopping"
+        self.last_error[instance.model] = (time.time(), "the instance exited")
+        await self._discard(instance)
+        self._publish(instance.model, "idle")
+        self._wake.set()
+        return True
+
     async def _check_dead(self) -> None:
-        """An instance killed from outside is forgotten, so the next request restarts it."""
+        """Notice instances killed from outside even when no request reaches them."""
         while True:
             await asyncio.sleep(1.0)
             for instance in list(self.instances.values()):
-                if instance.state == "ready" and instance.handle is not None \
-                        and not await self.runtime.is_alive(instance.handle):
-                    log.warning("instance_died", backend=self.name, instance=instance.id)
-                    self.last_error[instance.model] = (time.time(), "the instance exited")
-                    await self._discard(instance)
-                    self._publish(instance.model, "idle")
-                    self._wake.set()
+                await self._died(instance)
 
     async def start(self) -> None:
         await self._adopt()
@@ -437,7 +455,13 @@ class Supervisor(Upstream):
                 except GatewayError:
                     keep = False
                 if keep:
-                    instance.handle = await self.runtime.adopt(item, self._spec(instance))
+                    try:
+                        instance.handle = await self.runtime.adopt(item, self._spec(instance))
+                    except RuntimeStartError as exc:
+                        log.warning("instance_not_adopted", backend=self.name,
+                                    instance=item.instance, reason=str(exc))
+                        keep = False
+                if keep:
                     instance.ready_since = time.monotonic()
                     self.instances[instance.id] = instance
                     self._publish(item.model, "loaded")
