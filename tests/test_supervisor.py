@@ -393,3 +393,27 @@ async def test_health_and_models_show_loading_loaded_and_idle() -> None:
             ("t-0", "m-a", "ready")]
         assert health["models"]["m-a"]["state"] == "loaded"
         assert health["models"]["m-b"]["state"] == "idle"
+
+
+async def test_a_request_meeting_a_killed_instance_is_a_503_and_the_next_restarts_it() -> None:
+    runtime = FakeRuntime()
+    async with gateway(runtime, {"t": backend(free_pair(), MODELS)}) as client:
+        await client.ok("m-a")
+        await runtime.kill("m-a")
+        status, body, headers = await client.embed("m-a")
+        assert status == 503, body
+        assert "exited" in body["error"]["message"]
+        assert "Retry-After" in headers
+        assert runtime.stops == ["m-a"]
+        await client.ok("m-a")
+        assert runtime.starts == ["m-a", "m-a"]
+
+
+async def test_an_instance_that_cannot_be_adopted_is_removed_and_start_goes_on() -> None:
+    runtime = FakeRuntime()
+    port = free_pair()
+    await runtime.serve_external("m-a", port)
+    runtime.existing = [FoundInstance("fake-ghost", "t", "m-a", "t-0", port, running=True)]
+    async with gateway(runtime, {"t": backend(port, MODELS)}) as client:
+        assert runtime.removed == ["fake-ghost"]
+        assert await client.state("m-a") == "idle"
