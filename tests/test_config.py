@@ -1,0 +1,175 @@
+"""Config loading: interpolation, every problem reported in one pass with its path, check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedding_gateway.config import load_config, parse_config
+from embedding_gateway.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config.example.yaml"
+
+GOOD = """\
+server:
+  port: ${GW_PORT:-8123}
+  api_keys: ["${GW_KEY}"]
+backends:
+  tei:
+    kind: tei
+    base_url: http://${TEI_HOST}:8080
+    api_key: ${TEI_KEY:-}
+    models:
+      BAAI/bge-small-en-v1.5:
+        aliases: [bge-small]
+        dimensions: 384
+        matryoshka: true
+  ollama:
+    kind: ollama
+    base_url: http://127.0.0.1:11434
+    models:
+      bge-m3:
+"""
+
+BAD = """\
+server:
+  port: "not a port"
+  colour: blue
+backends:
+  tei:
+    kind: tei
+    base_url: ftp://example.com
+    timeout: soon
+    models:
+      bge-small:
+        aliases: [small, shared]
+  vllm:
+    kind: vllm
+    base_url: "http://"
+    models:
+      bge-small: {}
+      e5:
+        aliases: [shared]
+        matryoshka: perhaps
+  weird:
+    kind: sqlite
+    base_url: http://127.0.0.1:1
+    models: {m: {}}
+"""
+
+EXPECTED_IN_BAD = [
+    "server.port",
+    "server.colour",
+    "backends.tei.base_url",
+    "backends.tei.timeout",
+    "backends.vllm.base_url",
+    "backends.vllm.models.e5.matryoshka",
+    "backends.weird.kind",
+]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path, env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    return info.value.problems
+
+
+def test_example_config_is_valid() -> None:
+    if not EXAMPLE.exists():
+        pytest.skip("config.example.yaml is not in the repository yet")
+    env = {"OPENAI_API_KEY": "sk-test", "HF_TOKEN": "hf-test", "GATEWAY_API_KEY": "k"}
+    config = load_config(EXAMPLE, env=env)
+    assert config.backends
+
+
+def test_variables_are_interpolated_with_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    config = load_config(path, env={"GW_KEY": "secret", "TEI_HOST": "tei.internal"})
+    assert config.server.port == 8123
+    assert config.server.api_keys == ["secret"]
+    assert config.backends["tei"].base_url == "http://tei.internal:8080"
+    assert config.backends["tei"].api_key == ""
+    assert config.backends["ollama"].models["bge-m3"].aliases == []
+
+    config = load_config(
+        path, env={"GW_KEY": "s", "TEI_HOST": "h", "GW_PORT": "9001", "TEI_KEY": "tk"}
+    )
+    assert config.server.port == 9001
+    assert config.backends["tei"].api_key == "tk"
+
+
+def test_a_missing_variable_is_an_error_naming_it_and_where(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, GOOD), env={"GW_KEY": "secret"})
+    assert "backends.tei.base_url: environment variable TEI_HOST is not set" in problems
+    assert all(p.startswith("backends.tei.base_url") for p in problems), problems
+
+
+def test_every_problem_is_reported_in_one_pass_with_its_path(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, BAD), env={})
+    text = "\n".join(problems)
+    for where in EXPECTED_IN_BAD:
+        assert any(p.startswith(where) for p in problems), f"{where} missing from:\n{text}"
+
+
+def test_duplicate_names_and_aliases_across_backends_name_both_places(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, BAD), env={})
+    duplicate_model = [p for p in problems if "'bge-small'" in p]
+    assert len(duplicate_model) == 1, problems
+    assert "backends.vllm.models.bge-small" in duplicate_model[0]
+    assert "backends.tei.models.bge-small" in duplicate_model[0]
+    duplicate_alias = [p for p in problems if "'shared'" in p]
+    assert len(duplicate_alias) == 1, problems
+    assert "backends.tei.models.bge-small.aliases" in duplicate_alias[0]
+    assert "backends.vllm.models.e5.aliases" in duplicate_alias[0]
+
+
+def test_an_alias_equal_to_another_models_name_is_a_duplicate() -> None:
+    raw = {"backends": {
+        "a": {"kind": "tei", "base_url": "http://127.0.0.1:1", "models": {"x": {}}},
+        "b": {"kind": "vllm", "base_url": "http://127.0.0.1:2",
+              "models": {"y": {"aliases": ["x"]}}},
+    }}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={})
+    assert any("backends.a.models.x" in p and "backends.b.models.y" in p
+               for p in info.value.problems), info.value.problems
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "embedding_gateway.cli", "check-config", "--config", str(path)],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "GW_KEY": "k", "TEI_HOST": "h"},
+    )
+
+
+def test_check_config_lists_every_problem_and_fails(tmp_path: Path) -> None:
+    result = check_config(write(tmp_path, BAD))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    for where in [*EXPECTED_IN_BAD, "'bge-small'", "'shared'"]:
+        assert where in output, output
+    assert "Traceback" not in output
+
+
+def test_check_config_passes_a_good_file(tmp_path: Path) -> None:
+    result = check_config(write(tmp_path, GOOD))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_check_config_on_a_missing_file_fails_cleanly(tmp_path: Path) -> None:
+    result = check_config(tmp_path / "absent.yaml")
+    assert result.returncode != 0
+    assert "absent.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
