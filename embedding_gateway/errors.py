@@ -36,8 +36,10 @@ class GatewayError(Exception):
         code: str | None = None,
         status: int | None = None,
         retry_after: float | None = None,
+        upstream_kind: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.upstream_kind = upstream_kind  # set when an upstream caused it (for metrics)
         self.message = message
         self.param = param
         if code is not None:

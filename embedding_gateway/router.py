@@ -10,7 +10,8 @@ from typing import TypeVar
 import numpy as np
 
 from .config import GatewayConfig, ModelConfig
-from .errors import InvalidRequest, ModelNotFound, UnsupportedInput, UpstreamFailed
+from .errors import GatewayError, InvalidRequest, ModelNotFound, UnsupportedInput, UpstreamFailed
+from .metrics import Metrics
 from .schemas import EmbeddingRequest, Embeddings, Inputs, cut_dimensions
 from .upstream import Upstream
 
@@ -53,9 +54,12 @@ async def gather_in_order(aws: list[Awaitable[T]]) -> list[T]:
 
 
 class Router:
-    def __init__(self, config: GatewayConfig, upstreams: dict[str, Upstream]) -> None:
+    def __init__(
+        self, config: GatewayConfig, upstreams: dict[str, Upstream], metrics: Metrics
+    ) -> None:
         self.routes = build_routes(config)
         self.upstreams = upstreams
+        self.metrics = metrics
 
     def resolve(self, name: str) -> Route:
         try:
@@ -97,7 +101,12 @@ class Router:
 
         async def one_chunk(base_url: str, chunk: Inputs) -> Embeddings:
             async with upstream.semaphore:
-                return await backend.embed(base_url, route.model, route.options, chunk)
+                try:
+                    return await backend.embed(base_url, route.model, route.options, chunk)
+                except GatewayError as exc:
+                    if exc.upstream_kind is not None:
+                        self.metrics.upstream_error(backend=route.backend, kind=exc.upstream_kind)
+                    raise
 
         async with upstream.lease(route.model) as base_url:
             limit = backend.batch_limit(route.options)  # known once the upstream is checked
@@ -107,10 +116,12 @@ class Router:
         vectors = parts[0].vectors if len(parts) == 1 else np.vstack([p.vectors for p in parts])
         native = route.options.dimensions
         if native is not None and vectors.shape[1] != native:
+            self.metrics.upstream_error(backend=route.backend, kind="mismatch")
             raise UpstreamFailed(
                 f"upstream {route.backend!r} returned {vectors.shape[1]}-d vectors for "
                 f"{route.model!r}, configured as {native}-d; they were discarded",
                 code="model_mismatch",
+                upstream_kind="mismatch",
             )
         if request.dimensions is not None:
             if request.dimensions > vectors.shape[1]:

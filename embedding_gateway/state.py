@@ -73,7 +73,7 @@ class Gateway:
             name: self.build_upstream(name, backend)
             for name, backend in self.config.backends.items()
         }
-        self.router = Router(self.config, self.upstreams)
+        self.router = Router(self.config, self.upstreams, self.metrics)
         for upstream in self.upstreams.values():
             await upstream.start()
 
@@ -98,7 +98,7 @@ class Gateway:
         fresh = {name: self.build_upstream(name, backend)
                  for name, backend in new.backends.items() if name not in kept}
         self.upstreams = {name: kept.get(name) or fresh[name] for name in new.backends}
-        self.router = Router(new, self.upstreams)
+        self.router = Router(new, self.upstreams, self.metrics)
         await asyncio.gather(*(u.retire(new.server.shutdown_timeout) for u in retired))
         for upstream in fresh.values():
             await upstream.start()

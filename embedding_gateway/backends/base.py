@@ -133,10 +133,14 @@ class Backend(ABC):
                 status = resp.status
         except TimeoutError:
             raise UpstreamTimeout(
-                f"{where} did not answer within {client_timeout.total:g} s"
+                f"{where} did not answer within {client_timeout.total:g} s",
+                upstream_kind="timeout",
             ) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamFailed(f"{where} could not be reached: {exc.__class__.__name__}") from exc
+            raise UpstreamFailed(
+                f"{where} could not be reached: {exc.__class__.__name__}",
+                upstream_kind="refused",
+            ) from exc
         body: Any = None
         if raw:
             try:
@@ -145,9 +149,12 @@ class Backend(ABC):
                 body = None
         if status < 400:
             if body is None and raw:
-                raise UpstreamFailed(f"{where} returned a body that is not JSON")
+                raise UpstreamFailed(f"{where} returned a body that is not JSON",
+                                     upstream_kind="bad_response")
             return body
-        raise self.translate_error(status, body, raw)
+        error = self.translate_error(status, body, raw)
+        error.upstream_kind = "status_4xx" if status < 500 else "status_5xx"
+        raise error
 
     def translate_error(self, status: int, body: Any, raw: bytes) -> GatewayError:
         where = f"upstream {self.name!r}"
@@ -169,5 +176,6 @@ def model_mismatch(backend: Backend, expected: str, got: Any) -> UpstreamFailed:
         f"upstream {backend.name!r} answered with model {got!r}, not {expected!r}; "
         "its vectors were discarded",
         code="model_mismatch",
+        upstream_kind="mismatch",
     )
 
