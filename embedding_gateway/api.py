@@ -51,7 +51,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def models(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     data = []
-    for name, route in gateway.routes().routes.items():
+    router = gateway.routes()
+    for name, route in {**router.routes, **router.discovered_routes()}.items():
         upstream = gateway.upstreams[route.backend]
         state = upstream.model_state(route.model)
         data.append({

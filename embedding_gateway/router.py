@@ -61,15 +61,27 @@ class Router:
         self.upstreams = upstreams
         self.metrics = metrics
 
+    def discovered_routes(self) -> dict[str, Route]:
+        """Routes for models the upstreams offer beyond the config, by their full names."""
+        return {
+            name: Route(name, backend, ModelConfig())
+            for backend, upstream in self.upstreams.items()
+            for name in sorted(upstream.discovered())
+            if name not in self.routes
+        }
+
     def resolve(self, name: str) -> Route:
-        try:
-            return self.routes[name]
-        except KeyError:
-            raise ModelNotFound(
-                f"The model {name!r} does not exist on this gateway; GET /v1/models lists "
-                "the models it serves",
-                param="model",
-            ) from None
+        route = self.routes.get(name)
+        if route is not None:
+            return route
+        for backend, upstream in self.upstreams.items():
+            if upstream.backend.canonical(name) in upstream.discovered():
+                return Route(name, backend, ModelConfig())
+        raise ModelNotFound(
+            f"The model {name!r} does not exist on this gateway; GET /v1/models lists "
+            "the models it serves",
+            param="model",
+        )
 
     def check(self, request: EmbeddingRequest, route: Route) -> None:
         """Reject what this model cannot do before anything is sent or started."""

@@ -74,6 +74,10 @@ class Upstream(ABC):
     def health(self) -> dict[str, Any]:
         """``{"kind", "managed", "healthy", "reason", …}`` for ``/health``."""
 
+    def discovered(self) -> set[str]:
+        """Models the upstream offers beyond the configured ones (Ollama ``discover: true``)."""
+        return set()
+
     @property
     def can_serve(self) -> bool:
         return any(self.model_state(m).healthy for m in self.backend.config.models)
@@ -207,6 +211,10 @@ class RemoteUpstream(Upstream):
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    def discovered(self) -> set[str]:
+        probe = self._probe
+        return probe.discovered if probe is not None and probe.reachable else set()
 
     def model_state(self, model: str) -> ModelState:
         problem = self._problem(model)

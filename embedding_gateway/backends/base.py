@@ -40,6 +40,7 @@ class Probe:
     # so that the upstream's own answer ("try pulling it first", 404) reaches the client
     absent: dict[str, str] = field(default_factory=dict)
     batch_limit: int | None = None  # the upstream's own limit on inputs per request
+    discovered: set[str] = field(default_factory=set)  # embedding models found, not configured
     error: GatewayError | None = None  # why it is unreachable, to answer requests in kind
 
 
@@ -102,6 +103,10 @@ class Backend(ABC):
     @abstractmethod
     async def probe(self, base_url: str, timeout: float) -> Probe:
         """Is the upstream up, and which configured models does it serve?"""
+
+    def canonical(self, name: str) -> str:
+        """The upstream's own spelling of a model name (Ollama adds ``:latest``)."""
+        return name
 
     async def preload(self, base_url: str, name: str, model: ModelConfig) -> None:  # noqa: B027
         """Ask the upstream to load ``model`` ahead of requests (Ollama only)."""

@@ -24,6 +24,13 @@ class OllamaBackend(Backend):
     accepts_tokens = False
     default_batch = 64
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._is_embedding: dict[str, bool] = {}  # tag -> has the "embedding" capability
+
+    def canonical(self, name: str) -> str:
+        return with_tag(name)
+
     def _keep_alive(self, model: ModelConfig) -> dict[str, Any]:
         value = model.keep_alive if model.keep_alive is not None else self.config.keep_alive
         return {} if value is None else {"keep_alive": value}
@@ -66,4 +73,18 @@ class OllamaBackend(Backend):
                 probe.served.add(expected)
             else:
                 probe.absent[name] = f"model {expected!r} is not pulled on this Ollama"
+        if self.config.discover:
+            configured = {with_tag(served_name(n, m)) for n, m in self.config.models.items()}
+            for tag in sorted(tags - configured):
+                if tag not in self._is_embedding:
+                    self._is_embedding[tag] = await self._has_embedding(base_url, tag, timeout)
+                if self._is_embedding[tag]:
+                    probe.discovered.add(tag)
         return probe
+
+    async def _has_embedding(self, base_url: str, tag: str, timeout: float) -> bool:
+        """``/api/show`` lists ``capabilities``; embedding models have ``"embedding"``."""
+        body = await self.request_json(
+            "POST", f"{base_url}/api/show", {"model": tag}, timeout=timeout
+        )
+        return isinstance(body, dict) and "embedding" in (body.get("capabilities") or [])
