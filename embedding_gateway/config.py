@@ -242,7 +242,9 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> GatewayConfi
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        problems += [f"{_loc(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        unset = {p.split(": ", 1)[0] for p in problems}  # a follow-on error adds nothing
+        problems += [f"{_loc(err['loc'])}: {err['msg']}" for err in exc.errors()
+                     if _loc(err["loc"]) not in unset]
         raise ConfigError(problems) from None
     problems += _cross_checks(config)
     if problems:

@@ -173,3 +173,13 @@ def test_check_config_on_a_missing_file_fails_cleanly(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "absent.yaml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_unset_variable_is_reported_once_at_its_path() -> None:
+    document = {"backends": {"a": {"kind": "tei", "base_url": "http://${NO_SUCH_HOST}:8080",
+                                   "models": {"m": {}}}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={})
+    assert caught.value.problems == [
+        "backends.a.base_url: environment variable NO_SUCH_HOST is not set"
+    ]
