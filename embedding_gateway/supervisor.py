@@ -191,6 +191,11 @@ class Supervisor(Upstream):
         for model in policy.queue_order(oldest):
             if any(i.model == model for i in self.instances.values()):
                 continue  # starting, or ready but held for another group; wait
+            reason = self._never_fits(model)
+            if reason is not None:
+                self._fail_waiters(model, Unavailable(
+                    f"model {model!r} cannot be loaded: {reason}", retry_after=30))
+                continue
             if not self._make_room(model, waited=now - oldest[model], now=now):
                 break  # the oldest group waits for room; later groups wait behind it
             self._start(model)
@@ -212,6 +217,27 @@ class Supervisor(Upstream):
                         waiter.future.set_result(instance)
                     self.waiters.remove(waiter)
                     break
+
+    def _never_fits(self, model: str) -> str | None:
+        """Why ``model`` cannot be loaded whatever is evicted, if so (pinned models stay)."""
+        pinned = [v for v in self.views() if v.pinned]
+        if len(pinned) >= self.cfg.max_instances:
+            return f"all {self.cfg.max_instances} instance slots hold pinned models"
+        opts = self.backend.config.models[model]
+        budget, need = self.ledger.budget(opts.gpu), opts.memory_gb or 0.0
+        if budget is None or need == 0:
+            return None
+        held = sum(v.memory_gb for _, v in self.ledger.views() if v.pinned and v.gpu == opts.gpu)
+        if held + need <= budget:
+            return None
+        by_pinned = f", {held:g} GB of it held by pinned models" if held else ""
+        return f"it needs {need:g} GB on gpu {opts.gpu!r}, which has {budget:g} GB{by_pinned}"
+
+    def _fail_waiters(self, model: str, error: GatewayError) -> None:
+        for waiter in [w for w in self.waiters if w.model == model]:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+            self.waiters.remove(waiter)
 
     def _make_room(self, model: str, *, waited: float, now: float) -> bool:
         opts = self.backend.config.models[model]
@@ -350,12 +376,8 @@ class Supervisor(Upstream):
         self.last_error[instance.model] = (time.time(), reason)
         self._publish(instance.model, "failed")
         await self._discard(instance)
-        error = Unavailable(f"model {instance.model!r} could not be started: {reason}",
-                            retry_after=5)
-        for waiter in [w for w in self.waiters if w.model == instance.model]:
-            if not waiter.future.done():
-                waiter.future.set_exception(error)
-            self.waiters.remove(waiter)
+        self._fail_waiters(instance.model, Unavailable(
+            f"model {instance.model!r} could not be started: {reason}", retry_after=5))
         self._wake.set()
 
     async def _discard(self, instance: Instance) -> None:
