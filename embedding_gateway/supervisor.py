@@ -56,6 +56,13 @@ class Waiter:
     enqueued: float
 
 
+def _granted(waiter: Waiter) -> Instance | None:
+    future = waiter.future
+    if future.done() and not future.cancelled() and future.exception() is None:
+        return future.result()
+    return None
+
+
 class DeviceLedger:
     """GPU memory shared by the instances of every managed backend."""
 
@@ -145,15 +152,19 @@ class Supervisor(Upstream):
             async with asyncio.timeout(self.cfg.queue_timeout):
                 instance = await asyncio.shield(waiter.future)
         except TimeoutError:
-            raise Unavailable(
-                f"model {model!r} was not ready within queue_timeout "
-                f"({self.cfg.queue_timeout:g} s); retry later",
-                retry_after=min(30.0, self.cfg.queue_timeout),
-            ) from None
+            granted = _granted(waiter)
+            if granted is None:
+                raise Unavailable(
+                    f"model {model!r} was not ready within queue_timeout "
+                    f"({self.cfg.queue_timeout:g} s); retry later",
+                    retry_after=min(30.0, self.cfg.queue_timeout),
+                ) from None
+            instance = granted  # granted just as the timeout fired: serve it
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled() \
-                    and waiter.future.exception() is None:
-                waiter.future.result().inflight -= 1  # granted just as the client left
+            granted = _granted(waiter)
+            if granted is not None:  # granted just as the client left
+                granted.inflight -= 1
+                self._wake.set()
             raise
         finally:
             if waiter in self.waiters:
