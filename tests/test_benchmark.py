@@ -1,7 +1,8 @@
 """scripts/benchmark.py end to end, as a subprocess, against scripts/fast_upstream.py on loopback.
 
 fast_upstream speaks the API the gateway serves (``--managed-backend`` even lists its models the
-way the gateway lists managed ones), so it stands in for the gateway here. No timing assertions.
+way the gateway lists managed ones), so it stands in for the gateway in most tests; the last
+ones run the real gateway (``embedding-gateway serve``) in front of it. No timing assertions.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 STATS = {"p50", "p95", "p99", "mean", "min", "max"}
@@ -239,3 +244,95 @@ def test_unreachable_gateway_fails_with_a_message(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "127.0.0.1:9" in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def gateway(upstream: Server, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """The real gateway, one ``kind: openai`` backend pointing at fast_upstream."""
+    port = free_port()
+    config = {
+        "server": {"host": "127.0.0.1", "port": port, "playground": False},
+        "backends": {
+            "fast": {
+                "kind": "openai",
+                "base_url": upstream.url,
+                "models": {"fast-a": {"dimensions": 256}},
+            }
+        },
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedding_gateway.cli", "serve", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, "the gateway exited"
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_models_mode_through_the_gateway(gateway: tuple[str, int], tmp_path: Path) -> None:
+    url, _ = gateway
+    report, _, _ = bench(tmp_path, "models", "--gateway", url, "--requests", "3")
+    [row] = report["results"]["models"]
+    assert (row["model"], row["backend"], row["managed"]) == ("fast-a", "fast", False)
+    assert row["dims"] == 256
+    assert row["errors"] == {}
+    assert report["results"]["swaps"] == []
+
+
+def test_overhead_of_the_gateway_over_its_upstream(
+    gateway: tuple[str, int], upstream: Server, tmp_path: Path
+) -> None:
+    url, pid = gateway
+    report, _, _ = bench(
+        tmp_path,
+        "overhead",
+        "--gateway",
+        url,
+        "--upstream",
+        upstream.url,
+        "--concurrency",
+        "2",
+        "--batch",
+        "1,16",
+        "--duration",
+        "0.5",
+        "--slice",
+        "0.25",
+        "--encoding-format",
+        "base64",
+        "--gateway-pid",
+        str(pid),
+    )
+    for cell in report["results"]["cells"]:
+        assert cell["model"] == cell["upstream_model"] == "fast-a"
+        assert cell["gateway"]["ok"] > 0 and cell["gateway"]["errors"] == {}
+        assert cell["upstream"]["ok"] > 0 and cell["upstream"]["errors"] == {}
+        assert cell["gateway_process"]["pid"] == pid
+        assert cell["gateway_process"]["cpu_s"] > 0
