@@ -301,8 +301,8 @@ class Progress:
             self.done = min(time.perf_counter() - self.started, self.total)
         filled = int(self.width * min(self.done / self.total, 1.0))
         bar = "#" * filled + "-" * (self.width - filled)
-        unit = "s" if self.started is not None else ""
-        count = f"{self.done:.0f}/{self.total:.0f}{unit}"
+        timed = self.started is not None
+        count = f"{self.done:.1f}/{self.total:g}s" if timed else f"{self.done:.0f}/{self.total:.0f}"
         sys.stderr.write(f"\r\x1b[2K[{self.index}/{self.stages}] {self.label} [{bar}] {count}")
         sys.stderr.flush()
 
