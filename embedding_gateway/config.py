@@ -227,6 +227,9 @@ def _cross_checks(config: GatewayConfig) -> list[str]:
             where = f"backends.{backend_name}.models.{model_name}"
             if opts.gpu is not None and opts.gpu not in config.gpus:
                 problems.append(f"{where}.gpu: device {opts.gpu!r} is not declared under gpus")
+            elif opts.gpu is not None and (opts.memory_gb or 0) > config.gpus[opts.gpu].memory_gb:
+                problems.append(f"{where}.memory_gb: {opts.memory_gb:g} GB can never fit on "
+                                f"device {opts.gpu!r} ({config.gpus[opts.gpu].memory_gb:g} GB)")
             if opts.keep_alive is not None and backend.kind != "ollama":
                 problems.append(f"{where}.keep_alive: only ollama backends take keep_alive")
     return problems

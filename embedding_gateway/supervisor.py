@@ -427,7 +427,12 @@ class Supervisor(Upstream):
         for its model starts it again."""
         if instance.state not in ("ready", "draining") or instance.handle is None:
             return False
-        if await self.runtime.is_alive(instance.handle):
+        try:
+            if await self.runtime.is_alive(instance.handle):
+                return False
+        except RuntimeStartError as exc:  # cannot tell: a daemon hiccup is not a death
+            log.warning("instance_state_unknown", backend=self.name, instance=instance.id,
+                        reason=str(exc))
             return False
         if instance.state not in ("ready", "draining"):
             return False  # stopped on purpose meanwhile, or already forgotten

@@ -183,3 +183,16 @@ def test_an_unset_variable_is_reported_once_at_its_path() -> None:
     assert caught.value.problems == [
         "backends.a.base_url: environment variable NO_SUCH_HOST is not set"
     ]
+
+
+def test_a_model_larger_than_its_gpu_is_rejected() -> None:
+    document = {
+        "gpus": {"0": {"memory_gb": 8}},
+        "backends": {"tei": {"kind": "tei", "base_url": "http://127.0.0.1:8080",
+                             "models": {"big": {"memory_gb": 12, "gpu": "0"}}}},
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={})
+    assert caught.value.problems == [
+        "backends.tei.models.big.memory_gb: 12 GB can never fit on device '0' (8 GB)"
+    ]

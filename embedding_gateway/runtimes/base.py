@@ -54,7 +54,8 @@ class Runtime(Protocol):
         """Stop and remove it: graceful first, forced after ``grace`` seconds; idempotent."""
 
     async def is_alive(self, handle: InstanceHandle) -> bool:
-        """False once the process or container has exited."""
+        """False once the process or container has exited; ``RuntimeStartError`` when the
+        runtime cannot tell (a Docker daemon that does not answer)."""
 
     async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
         """The last ``lines`` lines of its output (secrets are never in here by construction)."""

@@ -221,11 +221,8 @@ class DockerRuntime:
         log.info("container_stopped", container=container.name)
 
     async def is_alive(self, handle: InstanceHandle) -> bool:
-        try:
+        with self._api_errors("reading container state"):
             container = await self._container(handle.ref)
-        except (RuntimeStartError, DockerException) as exc:
-            log.warning("container_state_unknown", ref=handle.ref[:12], error=str(exc))
-            return False
         return container is not None and container.status == "running"
 
     async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
