@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from .errors import InvalidRequest
-from .schemas import parse_embedding_request, response_chunks
+from .schemas import parse_embedding_request, response_body, response_chunks
 from .state import GATEWAY, LOG_FIELDS
 
 STREAM_ABOVE_VALUES = 64 * 1024  # responses with more floats than this are written in pieces
@@ -36,9 +36,10 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     router.check(parsed, route)
     result = await router.embed(parsed, route)
     fields["tokens"] = result.prompt_tokens
-    chunks = response_chunks(result, model=parsed.model, encoding_format=parsed.encoding_format)
     if result.vectors.size <= STREAM_ABOVE_VALUES:
-        return web.Response(body=b"".join(chunks), content_type="application/json")
+        body = response_body(result, model=parsed.model, encoding_format=parsed.encoding_format)
+        return web.Response(body=body, content_type="application/json")
+    chunks = response_chunks(result, model=parsed.model, encoding_format=parsed.encoding_format)
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     response.enable_chunked_encoding()
     await response.prepare(request)

@@ -8,8 +8,10 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -23,12 +25,19 @@ log = structlog.get_logger("embedding_gateway")
 
 
 def configure_logging(level: str = "info") -> None:
-    """JSON lines off a TTY (journald, files), a readable console on a TTY."""
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer()
-        if sys.stdout.isatty()
-        else structlog.processors.JSONRenderer()
-    )
+    """JSON lines off a TTY (journald, files), a readable console on a TTY.
+
+    JSON lines are rendered by orjson straight to bytes and written to stdout's buffer in one
+    write each: the request log line is on every request's path.
+    """
+    renderer: structlog.typing.Processor
+    factory: Callable[..., Any]
+    if sys.stdout.isatty():
+        renderer = structlog.dev.ConsoleRenderer()
+        factory = structlog.PrintLoggerFactory(sys.stdout)
+    else:
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -40,7 +49,7 @@ def configure_logging(level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
 
@@ -60,6 +69,15 @@ def check_config(path: str) -> int:
 
 async def serve(path: str, config: GatewayConfig) -> int:
     notifier = Notifier()
+    # Handlers go in before READY=1: systemd may signal as soon as it sees READY, and the
+    # default actions of SIGTERM and SIGHUP end the process without draining or stopping
+    # managed instances.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: asyncio.Queue[None] = asyncio.Queue()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
     app = create_app(config)
     gateway = app[GATEWAY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -73,16 +91,13 @@ async def serve(path: str, config: GatewayConfig) -> int:
                   error=exc.strerror)
         await runner.cleanup()
         return 1
-    await gateway.wait_preloaded(config.server.ready_after_preload)
+    preload = asyncio.create_task(gateway.wait_preloaded(config.server.ready_after_preload))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait((preload, stopped), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    preload.cancel()
     log.info("listening", host=config.server.host, port=config.server.port)
     notifier.ready(gateway.summary())
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: asyncio.Queue[None] = asyncio.Queue()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
 
     async def reload_loop() -> None:
         while True:

@@ -108,14 +108,28 @@ class Metrics:
             ["backend"],
             registry=reg,
         )
+        # labelled children per (model, backend, status), looked up once: on every request's path
+        self._request_children: dict[
+            tuple[str, str, int], tuple[Counter, Histogram, Counter, Counter]
+        ] = {}
 
     def observe_request(
         self, *, model: str, backend: str, status: int, seconds: float, inputs: int, tokens: int
     ) -> None:
-        self._requests.labels(model=model, backend=backend, status=str(status)).inc()
-        self._request_duration.labels(model=model, backend=backend).observe(seconds)
-        self._inputs.labels(model=model, backend=backend).inc(inputs)
-        self._tokens.labels(model=model, backend=backend).inc(tokens)
+        key = (model, backend, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self._requests.labels(model=model, backend=backend, status=str(status)),
+                self._request_duration.labels(model=model, backend=backend),
+                self._inputs.labels(model=model, backend=backend),
+                self._tokens.labels(model=model, backend=backend),
+            )
+        requests, duration, inputs_total, tokens_total = children
+        requests.inc()
+        duration.observe(seconds)
+        inputs_total.inc(inputs)
+        tokens_total.inc(tokens)
 
     def upstream_error(self, *, backend: str, kind: str) -> None:
         if kind not in UPSTREAM_ERROR_KINDS:

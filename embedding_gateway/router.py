@@ -122,9 +122,12 @@ class Router:
 
         async with upstream.lease(route.model) as base_url:
             limit = backend.batch_limit(route.options)  # known once the upstream is checked
-            parts = await gather_in_order(
-                [one_chunk(base_url, chunk) for chunk in split_batch(request.inputs, limit)]
-            )
+            if len(request.inputs) <= limit:  # one chunk: no tasks to create and gather
+                parts = [await one_chunk(base_url, request.inputs)]
+            else:
+                parts = await gather_in_order(
+                    [one_chunk(base_url, chunk) for chunk in split_batch(request.inputs, limit)]
+                )
         vectors = parts[0].vectors if len(parts) == 1 else np.vstack([p.vectors for p in parts])
         native = route.options.dimensions
         if native is not None and vectors.shape[1] != native:

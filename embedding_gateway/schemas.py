@@ -7,7 +7,7 @@ float JSON by orjson from the array itself.
 
 from __future__ import annotations
 
-import base64
+import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -121,29 +121,40 @@ def cut_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
 
 def _rows(vectors: np.ndarray, encoding_format: EncodingFormat) -> Iterator[bytes]:
     if encoding_format == "base64":
-        little = vectors.astype("<f4", copy=False)
+        little = np.ascontiguousarray(vectors, dtype="<f4")
         for i, row in enumerate(little):
             yield (b'{"object":"embedding","index":%d,"embedding":"' % i
-                   + base64.b64encode(row.tobytes()) + b'"}')
+                   + binascii.b2a_base64(row, newline=False) + b'"}')
     else:
         for i, row in enumerate(vectors):
             yield (b'{"object":"embedding","index":%d,"embedding":' % i
                    + orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"}")
 
 
+def _tail(result: Embeddings, model: str) -> bytes:
+    tokens = result.prompt_tokens
+    usage = orjson.dumps({"prompt_tokens": tokens, "total_tokens": tokens})
+    return b'],"model":' + orjson.dumps(model) + b',"usage":' + usage + b"}"
+
+
+_HEAD = b'{"object":"list","data":['
+
+
+def response_body(result: Embeddings, *, model: str, encoding_format: EncodingFormat) -> bytes:
+    """The whole response body, joined once."""
+    rows = b",".join(_rows(result.vectors, encoding_format))
+    return b"".join((_HEAD, rows, _tail(result, model)))
+
+
 def response_chunks(
     result: Embeddings, *, model: str, encoding_format: EncodingFormat, rows_per_chunk: int = 32
 ) -> Iterator[bytes]:
     """The response body in pieces of ``rows_per_chunk`` vectors, for streaming out."""
-    yield b'{"object":"list","data":['
+    yield _HEAD
     batch: list[bytes] = []
     for n, row in enumerate(_rows(result.vectors, encoding_format)):
         batch.append(row if n == 0 else b"," + row)
         if len(batch) == rows_per_chunk:
             yield b"".join(batch)
             batch = []
-    tokens = result.prompt_tokens
-    tail = orjson.dumps(
-        {"prompt_tokens": tokens, "total_tokens": tokens}
-    )
-    yield b"".join(batch) + b'],"model":' + orjson.dumps(model) + b',"usage":' + tail + b"}"
+    yield b"".join(batch) + _tail(result, model)

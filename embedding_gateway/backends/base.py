@@ -8,6 +8,7 @@ stays inside its adapter; the router sees only ``Embeddings`` or a ``GatewayErro
 from __future__ import annotations
 
 import base64
+import binascii
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,21 @@ def stack(vectors: list[np.ndarray], expected: int, where: str) -> np.ndarray:
     if len(dims) != 1 or 0 in dims:
         raise UpstreamFailed(f"{where} returned vectors of differing or zero length")
     return np.vstack(vectors).astype(np.float32, copy=False)
+
+
+def decode_vectors(values: list[Any], expected: int, where: str) -> np.ndarray:
+    """Upstream vectors as one float32 matrix.
+
+    Base64 rows of one length are decoded into a single buffer that becomes the matrix without
+    another copy; anything else (float lists, ragged or broken rows) goes through ``stack``,
+    which names the problem.
+    """
+    if len(values) == expected and values and all(type(v) is str for v in values):
+        rows = [binascii.a2b_base64(v) for v in values]
+        size = len(rows[0])
+        if size and size % 4 == 0 and all(len(r) == size for r in rows):
+            return np.frombuffer(b"".join(rows), dtype="<f4").reshape(expected, size // 4)
+    return stack([decode_vector(v) for v in values], expected, where)
 
 
 class Backend(ABC):

@@ -11,7 +11,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import UpstreamFailed
 from ..schemas import Embeddings, Inputs
-from .base import Backend, Probe, decode_vector, model_mismatch, served_name, stack, upstream_name
+from .base import Backend, Probe, decode_vectors, model_mismatch, served_name, upstream_name
 
 
 def api_root(base_url: str) -> str:
@@ -39,10 +39,10 @@ class OpenAIBackend(Backend):
         if got not in (asked, served_name(name, model)):
             raise model_mismatch(self, served_name(name, model), got)
         items = sorted(body["data"], key=lambda d: d.get("index", 0))
-        vectors = [decode_vector(item.get("embedding")) for item in items]
+        vectors = [item.get("embedding") for item in items]
         usage: Any = body.get("usage") or {}
         return Embeddings(
-            stack(vectors, len(inputs), f"upstream {self.name!r}"),
+            decode_vectors(vectors, len(inputs), f"upstream {self.name!r}"),
             int(usage.get("prompt_tokens") or 0),
         )
 

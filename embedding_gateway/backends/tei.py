@@ -12,7 +12,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import UpstreamFailed
 from ..schemas import Embeddings, Inputs
-from .base import Backend, Probe, decode_vector, model_mismatch, served_name, stack, upstream_name
+from .base import Backend, Probe, decode_vectors, model_mismatch, served_name, upstream_name
 
 
 class TEIBackend(Backend):
@@ -36,8 +36,8 @@ class TEIBackend(Backend):
         items = sorted(body["data"], key=lambda d: d.get("index", 0))
         usage: Any = body.get("usage") or {}
         return Embeddings(
-            stack([decode_vector(i.get("embedding")) for i in items], len(inputs),
-                  f"upstream {self.name!r}"),
+            decode_vectors([i.get("embedding") for i in items], len(inputs),
+                           f"upstream {self.name!r}"),
             int(usage.get("prompt_tokens") or 0),
         )
 
