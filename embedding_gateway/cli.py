@@ -97,7 +97,8 @@ async def serve(path: str, config: GatewayConfig) -> int:
     stopped.cancel()
     preload.cancel()
     log.info("listening", host=config.server.host, port=config.server.port)
-    notifier.ready(gateway.summary())
+    if not stop.is_set():
+        notifier.ready(gateway.summary())
 
     async def reload_loop() -> None:
         while True:
