@@ -422,13 +422,15 @@ async def test_an_instance_that_cannot_be_adopted_is_removed_and_start_goes_on()
 async def test_a_model_that_can_never_fit_fails_at_once_and_does_not_block_others() -> None:
     runtime = FakeRuntime()
     runtime.start_delay = {"m-a": 0.3}
-    models = {"m-a": {}, "m-b": {"memory_gb": 12, "gpu": "0"}, "m-p": {"pinned": True}}
-    async with gateway(runtime, {"t": backend(free_pair(), models, max_instances=2)},
+    models = {"m-a": {}, "m-b": {"memory_gb": 7, "gpu": "0"},
+              "m-p": {"pinned": True, "memory_gb": 6, "gpu": "0"}}
+    async with gateway(runtime, {"t": backend(free_pair(), models, max_instances=3)},
                        gpus={"0": {"memory_gb": 10}}) as client:
         await until(lambda: has_state(client, "m-p", "loaded"), "m-p preloaded")
         status, body, _ = await client.embed("m-b")
         assert status == 503, body
-        assert "12" in body["error"]["message"] and "10" in body["error"]["message"]
+        assert "7 GB" in body["error"]["message"], body
+        assert "6 GB of it held by pinned models" in body["error"]["message"], body
         await client.ok("m-a")
 
 
