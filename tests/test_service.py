@@ -123,6 +123,38 @@ async def test_ready_is_sent_once_the_port_accepts_connections(
             pass
         assert ready.fields["STATUS"].startswith("serving 1 model names")
         assert not any("READY=1" in d.text for d in notify.history[:-1])
+        # systemd may signal as soon as it sees READY: the handlers are already in place
+        # (SIGHUP's default action would end the process).
+        gw.signal(signal.SIGHUP)
+        await expect_reload(notify)
+        assert gw.process is not None and gw.process.poll() is None
+
+
+async def test_sigterm_while_preloading_stops_without_waiting_for_the_preload(
+    notify: NotifyListener, gateway_process: GatewayFactory, tmp_path: Path
+) -> None:
+    port = free_port()
+    backend = {
+        "kind": "vllm",
+        "base_url": f"http://127.0.0.1:{port}",
+        "managed": {"runtime": "process", "start_timeout": 60, "stop_timeout": 2,
+                    "command": [sys.executable, "-m", "tests.fakes.vllm", "--model", "{model}",
+                                "--port", "{port}", "--startup-delay", "60"]},
+        "models": {"m": {"preload": True}},
+    }
+    gw = gateway_process()
+    gw.write_config(gateway_config(gw.port, {"p": backend}, ready_after_preload=True))
+    gw.start({"NOTIFY_SOCKET": notify.env_value})
+    deadline = time.monotonic() + WAIT
+    while not any(e.get("event") == "process_started" for e in gw.log_events()):
+        assert time.monotonic() < deadline, gw.log_text()
+        await asyncio.sleep(0.05)
+    gw.signal(signal.SIGTERM)
+    await notify.expect("STOPPING=1")
+    assert await gw.wait() == 0
+    assert not any("READY=1" in d.text for d in notify.history)
+    stopped = [e for e in gw.log_events() if e.get("event") == "process_stopped"]
+    assert len(stopped) == 1  # the starting instance was stopped, not left behind
 
 
 async def test_abstract_namespace_notify_socket(
