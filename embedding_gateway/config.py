@@ -122,6 +122,9 @@ class ManagedConfig(_Strict):
             raise ValueError("runtime process needs 'command'")
         if self.ports and self.ports[0] > self.ports[1]:
             raise ValueError("ports must be [low, high]")
+        if self.ports and self.ports[1] - self.ports[0] + 1 < self.max_instances:
+            raise ValueError(f"ports {list(self.ports)} hold fewer than max_instances "
+                             f"({self.max_instances}) ports")
         return self
 
 

@@ -18,10 +18,11 @@ from aiohttp import web
 
 from .backends import create_backend
 from .config import BackendConfig, GatewayConfig, ManagedConfig
+from .instances import DeviceLedger
 from .metrics import Metrics
 from .router import Router
 from .runtimes.base import Runtime
-from .supervisor import DeviceLedger, Supervisor
+from .supervisor import Supervisor
 from .upstream import RemoteUpstream, Upstream
 
 RuntimeFactory = Callable[[ManagedConfig], Runtime]

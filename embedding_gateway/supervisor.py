@@ -14,67 +14,21 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
 from . import policy
 from .backends.base import Backend, served_name, upstream_name
-from .config import GpuConfig
 from .errors import GatewayError, QueueFull, RuntimeStartError, Unavailable
+from .instances import DeviceLedger, Instance, Slots, Waiter, granted
 from .metrics import Metrics
-from .runtimes.base import InstanceHandle, InstanceSpec, Runtime
+from .runtimes.base import InstanceSpec, Runtime
 from .upstream import ModelState, Upstream
 
 log = structlog.get_logger("embedding_gateway.supervisor")
 
 FIRST_POLL, MAX_POLL = 0.05, 1.0  # health polling: fast at first, then back off
-
-
-@dataclass
-class Instance:
-    id: str
-    slot: int
-    model: str
-    port: int
-    base_url: str
-    state: str = "starting"
-    handle: InstanceHandle | None = None
-    inflight: int = 0
-    since: float = field(default_factory=time.time)
-    ready_since: float | None = None
-    last_used: float = field(default_factory=time.monotonic)
-    started_at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Waiter:
-    model: str
-    future: asyncio.Future[Instance]
-    enqueued: float
-
-
-def _granted(waiter: Waiter) -> Instance | None:
-    future = waiter.future
-    if future.done() and not future.cancelled() and future.exception() is None:
-        return future.result()
-    return None
-
-
-class DeviceLedger:
-    """GPU memory shared by the instances of every managed backend."""
-
-    def __init__(self, gpus: dict[str, GpuConfig]) -> None:
-        self.gpus = gpus
-        self.supervisors: list[Supervisor] = []
-
-    def budget(self, gpu: str | None) -> float | None:
-        return self.gpus[gpu].memory_gb if gpu in self.gpus else None
-
-    def views(self) -> list[tuple[Supervisor, policy.InstanceView]]:
-        return [(s, v) for s in self.supervisors for v in s.views()]
 
 
 class Supervisor(Upstream):
@@ -104,9 +58,7 @@ class Supervisor(Upstream):
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._preloads: list[asyncio.Task[None]] = []
-        parts = urlsplit(backend.config.base_url)
-        self._scheme, self._host = parts.scheme, parts.hostname or "127.0.0.1"
-        self._base_port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.slots = Slots(backend.config.base_url, self.cfg)
 
     # -- what handlers call ------------------------------------------------------------
 
@@ -152,18 +104,18 @@ class Supervisor(Upstream):
             async with asyncio.timeout(self.cfg.queue_timeout):
                 instance = await asyncio.shield(waiter.future)
         except TimeoutError:
-            granted = _granted(waiter)
-            if granted is None:
+            given = granted(waiter)
+            if given is None:
                 raise Unavailable(
                     f"model {model!r} was not ready within queue_timeout "
                     f"({self.cfg.queue_timeout:g} s); retry later",
                     retry_after=min(30.0, self.cfg.queue_timeout),
                 ) from None
-            instance = granted  # granted just as the timeout fired: serve it
+            instance = given  # granted just as the timeout fired: serve it
         except asyncio.CancelledError:
-            granted = _granted(waiter)
-            if granted is not None:  # granted just as the client left
-                granted.inflight -= 1
+            given = granted(waiter)
+            if given is not None:  # granted just as the client left
+                given.inflight -= 1
                 self._wake.set()
             raise
         finally:
@@ -189,6 +141,9 @@ class Supervisor(Upstream):
             )
             for i in self.instances.values()
         ]
+
+    def _used_slots(self) -> set[int]:
+        return {i.slot for i in self.instances.values()}
 
     def _has_free_slot(self) -> bool:
         return len(self.instances) < self.cfg.max_instances
@@ -291,29 +246,10 @@ class Supervisor(Upstream):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _instance_url(self, port: int) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return urlunsplit((self._scheme, f"{host}:{port}", "", "", ""))
-
-    def _free_slot_index(self) -> int:
-        used = {i.slot for i in self.instances.values()}
-        return next(n for n in range(self.cfg.max_instances + 1) if n not in used)
-
-    def _port_for(self, slot: int) -> int:
-        if self.cfg.ports is not None:
-            return self.cfg.ports[0] + slot
-        return self._base_port + slot
-
-    def _slot_at(self, port: int) -> int | None:
-        """The free slot whose port is ``port`` (where an adopted instance must go)."""
-        used = {i.slot for i in self.instances.values()}
-        return next((n for n in range(self.cfg.max_instances)
-                     if n not in used and self._port_for(n) == port), None)
-
     def _start(self, model: str) -> None:
-        slot = self._free_slot_index()
-        port = self._port_for(slot)
-        instance = Instance(f"{self.name}-{slot}", slot, model, port, self._instance_url(port))
+        slot = self.slots.free(self._used_slots())
+        port = self.slots.port(slot)
+        instance = Instance(f"{self.name}-{slot}", slot, model, port, self.slots.url(port))
         self.instances[instance.id] = instance
         self._publish(model, "loading")
         log.info("instance_starting", backend=self.name, model=model, instance=instance.id,
@@ -478,7 +414,8 @@ class Supervisor(Upstream):
             return
         models = self.backend.config.models
         for item in found:
-            slot = self._slot_at(item.host_port) if item.host_port is not None else None
+            slot = (self.slots.at_port(item.host_port, self._used_slots())
+                    if item.host_port is not None else None)
             keep = (
                 item.running and item.model in models and slot is not None
                 and not any(i.model == item.model for i in self.instances.values())
@@ -486,7 +423,7 @@ class Supervisor(Upstream):
             if keep:
                 assert item.host_port is not None and slot is not None
                 instance = Instance(f"{self.name}-{slot}", slot, item.model, item.host_port,
-                                    self._instance_url(item.host_port), state="ready")
+                                    self.slots.url(item.host_port), state="ready")
                 try:
                     probe = await self.backend.probe(instance.base_url, self.probe_timeout)
                     keep = served_name(item.model, models[item.model]) in probe.served
