@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -60,7 +60,7 @@ def _from_http_exception(exc: web.HTTPException, max_body_bytes: int) -> Gateway
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: request id, error rendering, the canonical log line and request metrics."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
     fields: dict[str, object] = {}
     request[LOG_FIELDS] = fields
     started = time.perf_counter()

@@ -7,7 +7,6 @@ float JSON by orjson from the array itself.
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,6 +15,11 @@ import numpy as np
 import orjson
 
 from .errors import InvalidRequest, PayloadTooLarge
+
+try:  # SIMD base64, same results as the standard library's and several times faster
+    from pybase64 import b64encode
+except ImportError:
+    from base64 import b64encode
 
 EncodingFormat = Literal["float", "base64"]
 Inputs = list[str] | list[list[int]]
@@ -124,7 +128,7 @@ def _rows(vectors: np.ndarray, encoding_format: EncodingFormat) -> Iterator[byte
         little = np.ascontiguousarray(vectors, dtype="<f4")
         for i, row in enumerate(little):
             yield (b'{"object":"embedding","index":%d,"embedding":"' % i
-                   + binascii.b2a_base64(row, newline=False) + b'"}')
+                   + b64encode(row) + b'"}')
     else:
         for i, row in enumerate(vectors):
             yield (b'{"object":"embedding","index":%d,"embedding":' % i

@@ -7,8 +7,6 @@ stays inside its adapter; the router sees only ``Embeddings`` or a ``GatewayErro
 
 from __future__ import annotations
 
-import base64
-import binascii
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +25,11 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..schemas import Embeddings, Inputs
+
+try:  # SIMD base64, same results as the standard library's and several times faster
+    from pybase64 import b64decode
+except ImportError:
+    from base64 import b64decode
 
 
 @dataclass
@@ -58,7 +61,7 @@ def upstream_name(name: str, model: ModelConfig) -> str:
 def decode_vector(value: Any) -> np.ndarray:
     """One upstream vector (float list or base64 float32 LE) as a float32 array."""
     if isinstance(value, str):
-        return np.frombuffer(base64.b64decode(value), dtype="<f4")
+        return np.frombuffer(b64decode(value), dtype="<f4")
     return np.asarray(value, dtype=np.float32)
 
 
@@ -81,7 +84,7 @@ def decode_vectors(values: list[Any], expected: int, where: str) -> np.ndarray:
     which names the problem.
     """
     if len(values) == expected and values and all(type(v) is str for v in values):
-        rows = [binascii.a2b_base64(v) for v in values]
+        rows = [b64decode(v) for v in values]
         size = len(rows[0])
         if size and size % 4 == 0 and all(len(r) == size for r in rows):
             return np.frombuffer(b"".join(rows), dtype="<f4").reshape(expected, size // 4)
