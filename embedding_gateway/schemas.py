@@ -13,13 +13,9 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
+from pybase64 import b64encode  # SIMD base64: the standard library's results, faster
 
 from .errors import InvalidRequest, PayloadTooLarge
-
-try:  # SIMD base64, same results as the standard library's and several times faster
-    from pybase64 import b64encode
-except ImportError:
-    from base64 import b64encode
 
 EncodingFormat = Literal["float", "base64"]
 Inputs = list[str] | list[list[int]]
