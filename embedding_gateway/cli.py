@@ -23,6 +23,8 @@ from .systemd import Notifier
 
 log = structlog.get_logger("embedding_gateway")
 
+CLOSE_TIMEOUT = 1.0  # for connections still open after the drain (it waited for requests)
+
 
 def configure_logging(level: str = "info") -> None:
     """JSON lines off a TTY (journald, files), a readable console on a TTY.
@@ -81,7 +83,7 @@ async def serve(path: str, config: GatewayConfig) -> int:
     app = create_app(config)
     gateway = app[GATEWAY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=config.server.shutdown_timeout)
+                           shutdown_timeout=CLOSE_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
     try:
@@ -118,16 +120,21 @@ async def serve(path: str, config: GatewayConfig) -> int:
             await asyncio.sleep(5)
             notifier.status(gateway.summary())
 
-    tasks = [asyncio.create_task(t) for t in
-             (notifier.run_watchdog(), reload_loop(), status_loop())]
+    watchdog = asyncio.create_task(notifier.run_watchdog())  # kept alive while draining
+    tasks = [asyncio.create_task(t) for t in (reload_loop(), status_loop())]
     await stop.wait()
     log.info("stopping", drain_timeout=config.server.shutdown_timeout)
     notifier.stopping("draining in-flight requests")
-    gateway.draining = True
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await runner.cleanup()  # stops listening, waits for in-flight requests, then on_cleanup
+    # Still listening while draining: late requests get 503 + Retry-After rather than a
+    # refused connection, and /health says so, until the last request in flight is done.
+    left = await gateway.drain(config.server.shutdown_timeout)
+    if left:
+        log.warning("drain_timeout", requests_cut_off=left)
+    await runner.cleanup()  # stops listening, closes connections, then on_cleanup
+    watchdog.cancel()
     log.info("stopped")
     return 0
 

@@ -125,4 +125,5 @@ async def gatekeeper(request: web.Request, handler: Handler) -> web.StreamRespon
             raise AuthenticationFailed(
                 "missing or invalid API key; send 'Authorization: Bearer <key>'"
             )
-    return await handler(request)
+    with gateway.in_flight():
+        return await handler(request)

@@ -8,7 +8,8 @@ world or the new one, never a mix.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,30 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.ledger = DeviceLedger(self.config.gpus)
+        self._requests = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count a request being served, so that a shutdown can wait for the last one."""
+        self._requests += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._requests -= 1
+            if self._requests == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> int:
+        """Refuse new work (503 + Retry-After) and wait up to ``timeout`` seconds for the
+        requests in flight; returns how many were still running when time ran out."""
+        self.draining = True
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        return self._requests
 
     def build_upstream(self, name: str, backend_config: BackendConfig) -> Upstream:
         assert self.session is not None

@@ -288,15 +288,18 @@ async def test_sigterm_finishes_the_request_in_flight_and_exits_zero(
         stopping = await notify.expect("STOPPING=1")
         assert "STATUS" in stopping.fields
 
-        # Work that arrives now is not taken: the port is closed or the answer is 503.
-        try:
-            async with aiohttp.ClientSession() as late, late.post(
+        # Work that arrives while the request drains is refused with a retryable 503, and
+        # /health tells load balancers that this instance is going away.
+        async with aiohttp.ClientSession() as late:
+            async with late.post(
                 f"{gw.url}/v1/embeddings", json={"model": "a", "input": "late"}
             ) as response:
                 assert response.status == 503
                 assert response.headers["Retry-After"]
-        except aiohttp.ClientConnectionError:
-            pass
+                assert (await response.json())["error"]["type"] == "service_unavailable"
+            async with late.get(f"{gw.url}/health") as response:
+                assert response.status == 503
+                assert (await response.json())["draining"] is True
 
         status, body = await slow
         assert status == 200, body
