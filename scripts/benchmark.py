@@ -324,6 +324,7 @@ async def pick_models(gateway: Endpoint, wanted: list[str], all_models: bool) ->
     if wanted:
         by_id = {entry["id"]: entry for entry in listed}
         return [by_id.get(name, {"id": name}) for name in wanted]
+    listed = [entry for entry in listed if not entry.get("alias_of")]  # one entry a model
     if not listed:
         raise SystemExit(f"{gateway.api}/models lists no models; pass --models")
     return listed if all_models else listed[:1]

@@ -262,7 +262,7 @@ def gateway(upstream: Server, tmp_path: Path) -> Iterator[tuple[str, int]]:
             "fast": {
                 "kind": "openai",
                 "base_url": upstream.url,
-                "models": {"fast-a": {"dimensions": 256}},
+                "models": {"fast-a": {"dimensions": 256, "aliases": ["fast-alias"]}},
             }
         },
     }
@@ -299,7 +299,7 @@ def gateway(upstream: Server, tmp_path: Path) -> Iterator[tuple[str, int]]:
 def test_models_mode_through_the_gateway(gateway: tuple[str, int], tmp_path: Path) -> None:
     url, _ = gateway
     report, _, _ = bench(tmp_path, "models", "--gateway", url, "--requests", "3")
-    [row] = report["results"]["models"]
+    [row] = report["results"]["models"]  # the alias is the same model: measured once
     assert (row["model"], row["backend"], row["managed"]) == ("fast-a", "fast", False)
     assert row["dims"] == 256
     assert row["errors"] == {}
