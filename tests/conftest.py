@@ -17,10 +17,11 @@ GatewayFactory = Callable[..., Any]
 
 
 @asynccontextmanager
-async def run_gateway(
+async def serve_app(
     config: dict[str, Any], *, runtime_factory: RuntimeFactory | None = None
-) -> AsyncIterator[str]:
-    """Serve a gateway built from ``config`` (a parsed YAML document) on 127.0.0.1."""
+) -> AsyncIterator[tuple[str, web.Application]]:
+    """Serve a gateway built from ``config`` (a parsed YAML document) on 127.0.0.1; yields
+    its URL and the app (``app[GATEWAY]`` is the running gateway)."""
     config.setdefault("server", {}).setdefault("health_interval", 0.5)
     app = create_app(parse_config(config, env={}), runtime_factory=runtime_factory)
     runner = web.AppRunner(app, shutdown_timeout=5)
@@ -29,9 +30,18 @@ async def run_gateway(
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
-        yield f"http://{host}:{port}"
+        yield f"http://{host}:{port}", app
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def run_gateway(
+    config: dict[str, Any], *, runtime_factory: RuntimeFactory | None = None
+) -> AsyncIterator[str]:
+    """Serve a gateway built from ``config`` on 127.0.0.1; yields its URL."""
+    async with serve_app(config, runtime_factory=runtime_factory) as (url, _):
+        yield url
 
 
 @pytest.fixture

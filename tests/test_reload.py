@@ -1,0 +1,97 @@
+"""``Gateway.reload``: unchanged backends are kept as they are, and a changed managed backend
+hands its running containers to its successor instead of reloading the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import docker
+import pytest
+
+from embedding_gateway.config import ManagedConfig, parse_config
+from embedding_gateway.runtimes.ports import free_port
+from embedding_gateway.state import GATEWAY
+from tests.conftest import serve_app
+from tests.docker_support import (
+    clean_containers,  # noqa: F401
+    docker_available,  # noqa: F401
+    test_image,  # noqa: F401
+    unique_name,
+)
+from tests.fake_runtime import FakeRuntime
+from tests.fakes import serve_fake
+from tests.fakes.vectors import which_model
+from tests.fakes.vllm import create_vllm_app
+from tests.test_supervisor import backend as fake_managed_backend
+from tests.test_supervisor import free_pair
+from tests.test_supervisor_docker import DIMS, CountingDocker, containers, managed_backend
+
+
+async def embed(session: aiohttp.ClientSession, url: str, model: str, text: str) -> list[float]:
+    async with session.post(f"{url}/v1/embeddings", json={"model": model, "input": text}) as r:
+        body = await r.json()
+        assert r.status == 200, body
+        return body["data"][0]["embedding"]
+
+
+async def test_an_unchanged_managed_backend_keeps_its_loaded_instance() -> None:
+    runtime = FakeRuntime()
+    config: dict[str, Any] = {
+        "server": {"playground": False},
+        "backends": {"m": fake_managed_backend(free_pair(), ["m-a"])},
+    }
+    try:
+        async with serve_fake(create_vllm_app("org/v", dims=DIMS)) as vllm, \
+                serve_app(config, runtime_factory=lambda _: runtime) as (url, app), \
+                aiohttp.ClientSession() as session:
+            await embed(session, url, "m-a", "before")
+            gateway = app[GATEWAY]
+            supervisor = gateway.upstreams["m"]
+
+            config["backends"]["v"] = {"kind": "vllm", "base_url": vllm,
+                                       "models": {"org/v": {}}}
+            await gateway.reload(parse_config(config, env={}))
+
+            assert gateway.upstreams["m"] is supervisor
+            assert which_model(await embed(session, url, "m-a", "after"), "after",
+                               ["m-a"], DIMS) == "m-a"
+            await embed(session, url, "org/v", "new backend")
+            assert runtime.starts == ["m-a"]  # loaded once, before the reload
+    finally:
+        await runtime.shutdown()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+async def test_a_changed_managed_backend_adopts_the_running_container(
+    clean_containers: str,  # noqa: F811
+) -> None:
+    name, port = unique_name("reload"), free_port()
+    runtimes: list[CountingDocker] = []
+
+    def factory(managed: ManagedConfig) -> CountingDocker:
+        runtimes.append(CountingDocker(managed))
+        return runtimes[-1]
+
+    config: dict[str, Any] = {
+        "server": {"playground": False},
+        "backends": {name: managed_backend(clean_containers, port, ["org/model-a"])},
+    }
+    client = docker.from_env()
+    try:
+        async with serve_app(config, runtime_factory=factory) as (url, app), \
+                aiohttp.ClientSession() as session:
+            await embed(session, url, "org/model-a", "before")
+            [before] = [c.id for c in containers(client, name)]
+
+            config["backends"][name]["models"]["org/model-b"] = {}  # the backend changes
+            await app[GATEWAY].reload(parse_config(config, env={}))
+
+            vector = await embed(session, url, "org/model-a", "after")
+            assert which_model(vector, "after", ["org/model-a", "org/model-b"], DIMS) \
+                == "org/model-a"
+            assert [c.id for c in containers(client, name)] == [before]  # adopted, not redone
+            assert len(runtimes) == 2 and runtimes[1].starts == []
+    finally:
+        client.close()
