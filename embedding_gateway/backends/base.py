@@ -58,7 +58,10 @@ def decode_vector(value: Any) -> np.ndarray:
     """One upstream vector (float list or base64 float32 LE) as a float32 array."""
     if isinstance(value, str):
         return np.frombuffer(b64decode(value), dtype="<f4")
-    return np.asarray(value, dtype=np.float32)
+    vector = np.asarray(value, dtype=np.float32)
+    if vector.ndim != 1:
+        raise ValueError(f"a vector must be one-dimensional, got {vector.ndim} dimensions")
+    return vector
 
 
 def stack(vectors: list[np.ndarray], expected: int, where: str) -> np.ndarray:
@@ -76,14 +79,32 @@ def decode_vectors(values: list[Any], expected: int, where: str) -> np.ndarray:
     """Upstream vectors as one float32 matrix.
 
     Base64 rows of one length are decoded into a single buffer that becomes the matrix without
-    another copy; anything else (float lists, ragged or broken rows) goes through ``stack``,
-    which names the problem.
+    another copy, float lists of one length into one array in one call; anything else (ragged
+    or broken rows) goes through ``stack``, which names the problem.
     """
-    if len(values) == expected and values and all(type(v) is str for v in values):
-        rows = [b64decode(v) for v in values]
-        size = len(rows[0])
-        if size and size % 4 == 0 and all(len(r) == size for r in rows):
-            return np.frombuffer(b"".join(rows), dtype="<f4").reshape(expected, size // 4)
+    try:
+        return _decode(values, expected, where)
+    except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+        raise UpstreamFailed(
+            f"{where} returned a vector that is neither a list of numbers nor base64",
+            upstream_kind="bad_response",
+        ) from exc
+
+
+def _decode(values: list[Any], expected: int, where: str) -> np.ndarray:
+    if len(values) == expected and values:
+        if all(type(v) is str for v in values):
+            rows = [b64decode(v) for v in values]
+            size = len(rows[0])
+            if size and size % 4 == 0 and all(len(r) == size for r in rows):
+                return np.frombuffer(b"".join(rows), dtype="<f4").reshape(expected, size // 4)
+        elif all(type(v) is list for v in values):
+            try:
+                matrix = np.array(values, dtype=np.float32)
+            except (ValueError, TypeError):
+                matrix = None  # ragged or not numbers: stack names the problem
+            if matrix is not None and matrix.ndim == 2 and matrix.shape[1] > 0:
+                return matrix
     return stack([decode_vector(v) for v in values], expected, where)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import UpstreamFailed
 from ..schemas import Embeddings, Inputs
-from .base import Backend, Probe, decode_vector, model_mismatch, served_name, stack, upstream_name
+from .base import Backend, Probe, decode_vectors, model_mismatch, served_name, upstream_name
 
 
 def with_tag(name: str) -> str:
@@ -49,9 +49,8 @@ class OllamaBackend(Backend):
         got = body.get("model")
         if got is not None and with_tag(str(got)) != with_tag(asked):
             raise model_mismatch(self, asked, got)
-        vectors = [decode_vector(v) for v in body["embeddings"]]
         return Embeddings(
-            stack(vectors, len(inputs), f"upstream {self.name!r}"),
+            decode_vectors(body["embeddings"], len(inputs), f"upstream {self.name!r}"),
             int(body.get("prompt_eval_count") or 0),
         )
 
