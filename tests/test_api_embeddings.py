@@ -227,3 +227,15 @@ async def test_a_large_float_response_parses() -> None:
         assert matrix.shape == (300, TEI_DIMS)
         np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
         assert which_model(matrix[299], "row 299", ALL_MODELS, TEI_DIMS) == TEI_MODEL
+
+
+async def test_a_json_body_sent_as_a_form_is_read_as_json() -> None:
+    """``curl -d '{...}'`` without ``-H 'Content-Type: application/json'``."""
+    async with serve_fake(create_vllm_app("org/v", dims=8)) as vllm:
+        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "models": {"org/v": {}}}}}
+        async with run_gateway(config) as url, aiohttp.ClientSession() as session:
+            body = b'{"model": "org/v", "input": "hello"}'
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            async with session.post(f"{url}/v1/embeddings", data=body, headers=headers) as resp:
+                assert resp.status == 200
+                assert len((await resp.json())["data"][0]["embedding"]) == 8
