@@ -53,6 +53,7 @@ class Supervisor(Upstream):
         self.instances: dict[str, Instance] = {}
         self.waiters: list[Waiter] = []
         self.last_error: dict[str, tuple[float, str]] = {}
+        self._swaps: dict[str, tuple[float, list[str]]] = {}  # model -> (began, models it replaces)
         self.runtime_error: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
@@ -231,6 +232,7 @@ class Supervisor(Upstream):
         for victim in victims:
             owner = next(s for s, v in ledger_views if v.instance == victim.instance)
             owner._retire(owner.instances[victim.instance])
+        self._swaps.setdefault(model, (now, [v.model for v in victims]))
         return False  # room comes when the victims have drained and stopped
 
     def _retire(self, instance: Instance) -> None:
@@ -279,10 +281,17 @@ class Supervisor(Upstream):
         instance.ready_since = instance.last_used = time.monotonic()
         self.last_error.pop(instance.model, None)
         seconds = time.monotonic() - started
-        self.metrics.observe_swap(backend=self.name, seconds=seconds)
         self._publish(instance.model, "loaded")
         log.info("instance_ready", backend=self.name, model=instance.model,
                  instance=instance.id, seconds=round(seconds, 3))
+        swap = self._swaps.pop(instance.model, None)
+        if swap is not None:
+            began, replaced = swap
+            total = time.monotonic() - began
+            self.metrics.observe_swap(backend=self.name, seconds=total)
+            log.info("swap_done", backend=self.name, model=instance.model, replaced=replaced,
+                     seconds=round(total, 3), drain_and_stop_seconds=round(total - seconds, 3),
+                     start_seconds=round(seconds, 3))
         self._wake.set()
 
     async def _wait_healthy(self, instance: Instance, deadline: float) -> None:
@@ -318,6 +327,7 @@ class Supervisor(Upstream):
             delay = min(MAX_POLL, delay * 1.5)
 
     async def _start_failed(self, instance: Instance, reason: str) -> None:
+        self._swaps.pop(instance.model, None)
         log.error("instance_failed", backend=self.name, model=instance.model,
                   instance=instance.id, reason=reason)
         self.last_error[instance.model] = (time.time(), reason)

@@ -10,6 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from embedding_gateway.runtimes.base import FoundInstance
 from tests.conftest import run_gateway
@@ -442,3 +444,20 @@ async def test_a_model_with_every_slot_pinned_fails_at_once() -> None:
         status, body, _ = await client.embed("m-a")
         assert status == 503, body
         assert "pinned" in body["error"]["message"]
+
+
+async def test_a_swap_is_logged_and_counted_once_with_its_durations() -> None:
+    runtime = FakeRuntime()
+    async with gateway(runtime, {"t": backend(free_pair(), ["m-a", "m-b"])}) as client:
+        with capture_logs() as events:
+            await client.ok("m-a")  # a first start, not a swap
+            await client.ok("m-b")  # m-a drains and stops, m-b starts
+        swaps = [e for e in events if e["event"] == "swap_done"]
+        assert len(swaps) == 1, events
+        assert swaps[0]["model"] == "m-b" and swaps[0]["replaced"] == ["m-a"]
+        assert swaps[0]["seconds"] >= swaps[0]["start_seconds"] >= 0
+        async with client.session.get(f"{client.url}/metrics") as response:
+            families = {f.name: f for f in text_string_to_metric_families(await response.text())}
+        [count] = [s.value for s in families["embedding_gateway_swap_duration_seconds"].samples
+                   if s.name.endswith("_count")]
+        assert count == 1
