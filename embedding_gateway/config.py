@@ -55,7 +55,8 @@ class Limits(_Strict):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    api_keys: list[str] = []
+    # bearer keys; a blank one (an unset ${VAR:-}) would let requests without a key in
+    api_keys: list[Annotated[str, Field(min_length=1)]] = []
     playground: bool = True
     limits: Limits = Limits()
     shutdown_timeout: float = Field(default=30, ge=0)

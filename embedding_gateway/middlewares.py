@@ -119,7 +119,8 @@ async def gatekeeper(request: web.Request, handler: Handler) -> web.StreamRespon
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         given = token.strip().encode() if scheme.lower() == "bearer" else b""
         matched = False
-        for key in keys:  # every key is compared, so timing does not tell which one matched
+        # every key is compared, so timing does not tell which one matched; no key, no match
+        for key in keys if given else ():
             matched |= hmac.compare_digest(given, key.encode())
         if not matched:
             raise AuthenticationFailed(

@@ -196,3 +196,14 @@ def test_a_model_larger_than_its_gpu_is_rejected() -> None:
     assert caught.value.problems == [
         "backends.tei.models.big.memory_gb: 12 GB can never fit on device '0' (8 GB)"
     ]
+
+
+def test_a_blank_api_key_is_rejected() -> None:
+    """``api_keys: ["${KEY:-}"]`` with KEY unset must not open the gateway to everyone."""
+    document = {"server": {"api_keys": ["${GATEWAY_KEY:-}"]},
+                "backends": {"v": {"kind": "vllm", "base_url": "http://127.0.0.1:1",
+                                   "models": {"m": {}}}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={})
+    [problem] = caught.value.problems
+    assert problem.startswith("server.api_keys[0]: String should have at least 1 character")
