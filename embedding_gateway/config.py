@@ -76,8 +76,9 @@ class GpuConfig(_Strict):
 
 class ModelConfig(_Strict):
     aliases: list[str] = []
-    upstream_model: str | None = None  # the name the upstream knows; fills {model}; default: key
-    served_name: str | None = None  # what the upstream reports serving; default: upstream_model
+    upstream_model: str | None = None  # what a managed upstream loads ({model}); default: key
+    served_name: str | None = None  # the upstream's name for it: sent in requests and checked
+    #                                 against what it serves; default: upstream_model
     dimensions: int | None = Field(default=None, gt=0)  # native output dims, when known
     matryoshka: bool = False
     max_batch: int | None = Field(default=None, gt=0)

@@ -239,3 +239,19 @@ async def test_a_json_body_sent_as_a_form_is_read_as_json() -> None:
             async with session.post(f"{url}/v1/embeddings", data=body, headers=headers) as resp:
                 assert resp.status == 200
                 assert len((await resp.json())["data"][0]["embedding"]) == 8
+
+
+async def test_a_vllm_served_model_name_is_what_requests_carry() -> None:
+    """``vllm serve /models/qwen --served-model-name qwen`` accepts only ``qwen``."""
+    app = create_vllm_app("/models/qwen", dims=8, served_model_name="qwen")
+    async with serve_fake(app) as vllm:
+        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "models": {
+            "qwen-embed": {"upstream_model": "/models/qwen", "served_name": "qwen"}}}}}
+        async with run_gateway(config) as url, aiohttp.ClientSession() as session:
+            body = {"model": "qwen-embed", "input": "hello"}
+            async with session.post(f"{url}/v1/embeddings", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                data = await resp.json()
+            assert data["model"] == "qwen-embed"
+            assert which_model(data["data"][0]["embedding"], "hello", ["/models/qwen"], 8) \
+                == "/models/qwen"

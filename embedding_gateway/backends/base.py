@@ -45,12 +45,13 @@ class Probe:
 
 
 def served_name(name: str, model: ModelConfig) -> str:
-    """The name an upstream reports for a configured model."""
+    """The name the upstream knows a configured model by: sent in requests, and checked
+    against what it reports serving."""
     return model.served_name or model.upstream_model or name
 
 
 def upstream_name(name: str, model: ModelConfig) -> str:
-    """The name the upstream loads and expects in requests."""
+    """What a managed upstream is started with (fills ``{model}``)."""
     return model.upstream_model or name
 
 

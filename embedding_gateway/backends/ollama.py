@@ -12,7 +12,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import UpstreamFailed
 from ..schemas import Embeddings, Inputs
-from .base import Backend, Probe, decode_vectors, model_mismatch, served_name, upstream_name
+from .base import Backend, Probe, decode_vectors, model_mismatch, served_name
 
 
 def with_tag(name: str) -> str:
@@ -38,7 +38,7 @@ class OllamaBackend(Backend):
     async def embed(
         self, base_url: str, name: str, model: ModelConfig, inputs: Inputs
     ) -> Embeddings:
-        asked = upstream_name(name, model)
+        asked = served_name(name, model)
         body = await self.request_json(
             "POST",
             f"{base_url}/api/embed",
@@ -58,7 +58,7 @@ class OllamaBackend(Backend):
         await self.request_json(
             "POST",
             f"{base_url}/api/embed",
-            {"model": upstream_name(name, model), "input": [], **self._keep_alive(model)},
+            {"model": served_name(name, model), "input": [], **self._keep_alive(model)},
         )
 
     async def probe(self, base_url: str, timeout: float) -> Probe:

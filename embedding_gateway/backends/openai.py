@@ -27,7 +27,7 @@ class OpenAIBackend(Backend):
     async def embed(
         self, base_url: str, name: str, model: ModelConfig, inputs: Inputs
     ) -> Embeddings:
-        asked = upstream_name(name, model)
+        asked = served_name(name, model)  # vLLM accepts only its --served-model-name
         body = await self.request_json(
             "POST",
             f"{api_root(base_url)}/embeddings",
@@ -36,8 +36,8 @@ class OpenAIBackend(Backend):
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise UpstreamFailed(f"upstream {self.name!r} returned no 'data' list")
         got = body.get("model")
-        if got not in (asked, served_name(name, model)):
-            raise model_mismatch(self, served_name(name, model), got)
+        if got not in (asked, upstream_name(name, model)):
+            raise model_mismatch(self, asked, got)
         items = sorted(body["data"], key=lambda d: d.get("index", 0))
         vectors = [item.get("embedding") for item in items]
         usage: Any = body.get("usage") or {}
