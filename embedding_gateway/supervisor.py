@@ -277,6 +277,10 @@ class Supervisor(Upstream):
         except asyncio.CancelledError:
             await self._discard(instance)
             raise
+        except Exception as exc:  # a bug must not leave the instance "starting" forever
+            log.exception("instance_start_error", backend=self.name, instance=instance.id)
+            await self._start_failed(instance, f"unexpected error: {exc.__class__.__name__}")
+            return
         instance.state, instance.since = "ready", time.time()
         instance.ready_since = instance.last_used = time.monotonic()
         self.last_error.pop(instance.model, None)

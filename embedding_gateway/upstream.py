@@ -148,6 +148,10 @@ class RemoteUpstream(Upstream):
             probe = Probe(reachable=False, reason=reason, error=UpstreamTimeout(reason))
         except GatewayError as exc:
             probe = Probe(reachable=False, reason=exc.message, error=exc)
+        except Exception as exc:  # a check must never end the checking; say what happened
+            log.exception("probe_error", backend=self.name)
+            reason = f"the check failed unexpectedly: {exc.__class__.__name__}"
+            probe = Probe(reachable=False, reason=reason, error=UpstreamFailed(reason))
         was_ok = self._probe is not None and self._probe.reachable
         if probe.reachable and probe.batch_limit:
             self.backend.upstream_batch_limit = probe.batch_limit

@@ -8,6 +8,8 @@ stays inside its adapter; the router sees only ``Embeddings`` or a ``GatewayErro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,33 @@ class Probe:
     batch_limit: int | None = None  # the upstream's own limit on inputs per request
     discovered: set[str] = field(default_factory=set)  # embedding models found, not configured
     error: GatewayError | None = None  # why it is unreachable, to answer requests in kind
+
+
+@contextmanager
+def reading(where: str) -> Iterator[None]:
+    """An upstream answer of an unexpected shape (a list where an object belongs, a string
+    for a number) is the upstream's failure, a 502, never the gateway's 500."""
+    try:
+        yield
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        raise UpstreamFailed(
+            f"{where} returned an answer of an unexpected shape ({exc})",
+            upstream_kind="bad_response",
+        ) from exc
+
+
+def in_index_order(items: list[Any], where: str) -> list[Any]:
+    """OpenAI-shaped ``data`` items by their ``index``, which must be exactly 0..n-1."""
+    if all(isinstance(item, dict) and "index" in item for item in items):
+        ordered = sorted(items, key=lambda item: int(item["index"]))
+        if [int(item["index"]) for item in ordered] != list(range(len(items))):
+            raise UpstreamFailed(f"{where} returned indices other than 0..{len(items) - 1}",
+                                 upstream_kind="bad_response")
+        return ordered
+    if any(isinstance(item, dict) and "index" in item for item in items):
+        raise UpstreamFailed(f"{where} returned some items without an index",
+                             upstream_kind="bad_response")
+    return items
 
 
 def served_name(name: str, model: ModelConfig) -> str:

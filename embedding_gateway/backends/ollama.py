@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from ..config import ModelConfig
-from ..errors import UpstreamFailed
+from ..errors import GatewayError, UpstreamFailed
 from ..schemas import Embeddings, Inputs
-from .base import Backend, Probe, decode_vectors, model_mismatch, served_name
+from .base import Backend, Probe, decode_vectors, model_mismatch, reading, served_name
+
+log = structlog.get_logger("embedding_gateway.backends.ollama")
 
 
 def with_tag(name: str) -> str:
@@ -44,15 +48,15 @@ class OllamaBackend(Backend):
             f"{base_url}/api/embed",
             {"model": asked, "input": inputs, "truncate": True, **self._keep_alive(model)},
         )
-        if not isinstance(body, dict) or not isinstance(body.get("embeddings"), list):
-            raise UpstreamFailed(f"upstream {self.name!r} returned no 'embeddings' list")
-        got = body.get("model")
-        if got is not None and with_tag(str(got)) != with_tag(asked):
-            raise model_mismatch(self, asked, got)
-        return Embeddings(
-            decode_vectors(body["embeddings"], len(inputs), f"upstream {self.name!r}"),
-            int(body.get("prompt_eval_count") or 0),
-        )
+        where = f"upstream {self.name!r}"
+        with reading(where):
+            if not isinstance(body.get("embeddings"), list):
+                raise UpstreamFailed(f"{where} returned no 'embeddings' list")
+            got = body.get("model")
+            if got is not None and with_tag(str(got)) != with_tag(asked):
+                raise model_mismatch(self, asked, got)
+            tokens = int(body.get("prompt_eval_count") or 0)
+        return Embeddings(decode_vectors(body["embeddings"], len(inputs), where), tokens)
 
     async def preload(self, base_url: str, name: str, model: ModelConfig) -> None:
         await self.request_json(
@@ -63,8 +67,8 @@ class OllamaBackend(Backend):
 
     async def probe(self, base_url: str, timeout: float) -> Probe:
         body = await self.request_json("GET", f"{base_url}/api/tags", timeout=timeout)
-        tags = {with_tag(str(m.get("name") or m.get("model")))
-                for m in (body or {}).get("models", []) if isinstance(m, dict)}
+        with reading(f"upstream {self.name!r} /api/tags"):
+            tags = {with_tag(str(m.get("name") or m["model"])) for m in body["models"]}
         probe = Probe(reachable=True)
         for name, model in self.config.models.items():
             expected = served_name(name, model)
@@ -76,7 +80,14 @@ class OllamaBackend(Backend):
             configured = {with_tag(served_name(n, m)) for n, m in self.config.models.items()}
             for tag in sorted(tags - configured):
                 if tag not in self._is_embedding:
-                    self._is_embedding[tag] = await self._has_embedding(base_url, tag, timeout)
+                    try:
+                        self._is_embedding[tag] = await self._has_embedding(
+                            base_url, tag, timeout
+                        )
+                    except GatewayError as exc:  # one broken tag: skip it, ask again later
+                        log.warning("discovery_skipped", backend=self.name, model=tag,
+                                    reason=exc.message)
+                        continue
                 if self._is_embedding[tag]:
                     probe.discovered.add(tag)
         return probe
@@ -86,4 +97,5 @@ class OllamaBackend(Backend):
         body = await self.request_json(
             "POST", f"{base_url}/api/show", {"model": tag}, timeout=timeout
         )
-        return isinstance(body, dict) and "embedding" in (body.get("capabilities") or [])
+        with reading(f"upstream {self.name!r} /api/show"):
+            return "embedding" in (body.get("capabilities") or [])

@@ -6,12 +6,19 @@ vLLM answers errors in two shapes, ``{"object":"error","message",…}`` and
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..config import ModelConfig
 from ..errors import UpstreamFailed
 from ..schemas import Embeddings, Inputs
-from .base import Backend, Probe, decode_vectors, model_mismatch, served_name, upstream_name
+from .base import (
+    Backend,
+    Probe,
+    decode_vectors,
+    in_index_order,
+    model_mismatch,
+    reading,
+    served_name,
+    upstream_name,
+)
 
 
 def api_root(base_url: str) -> str:
@@ -33,22 +40,22 @@ class OpenAIBackend(Backend):
             f"{api_root(base_url)}/embeddings",
             {"model": asked, "input": inputs, "encoding_format": "base64"},
         )
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise UpstreamFailed(f"upstream {self.name!r} returned no 'data' list")
-        got = body.get("model")
-        if got not in (asked, upstream_name(name, model)):
-            raise model_mismatch(self, asked, got)
-        items = sorted(body["data"], key=lambda d: d.get("index", 0))
-        vectors = [item.get("embedding") for item in items]
-        usage: Any = body.get("usage") or {}
-        return Embeddings(
-            decode_vectors(vectors, len(inputs), f"upstream {self.name!r}"),
-            int(usage.get("prompt_tokens") or 0),
-        )
+        where = f"upstream {self.name!r}"
+        with reading(where):
+            if not isinstance(body.get("data"), list):
+                raise UpstreamFailed(f"{where} returned no 'data' list")
+            got = body.get("model")
+            if got not in (asked, upstream_name(name, model)):
+                raise model_mismatch(self, asked, got)
+            items = in_index_order(body["data"], where)
+            vectors = [item["embedding"] for item in items]
+            tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
+        return Embeddings(decode_vectors(vectors, len(inputs), where), tokens)
 
     async def probe(self, base_url: str, timeout: float) -> Probe:
         body = await self.request_json("GET", f"{api_root(base_url)}/models", timeout=timeout)
-        ids = {str(m.get("id")) for m in (body or {}).get("data", []) if isinstance(m, dict)}
+        with reading(f"upstream {self.name!r} /v1/models"):
+            ids = {str(m["id"]) for m in body["data"]}
         probe = Probe(reachable=True)
         for name, model in self.config.models.items():
             expected = served_name(name, model)

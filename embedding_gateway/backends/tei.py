@@ -9,8 +9,7 @@ flat ``{"message","code","type"}``, on native routes ``{"error","error_type"}``.
 
 from __future__ import annotations
 
-from ..errors import UpstreamFailed
-from .base import Probe, served_name
+from .base import Probe, reading, served_name
 from .openai import OpenAIBackend
 
 
@@ -21,12 +20,11 @@ class TEIBackend(OpenAIBackend):
     async def probe(self, base_url: str, timeout: float) -> Probe:
         await self.request_json("GET", f"{base_url}/health", timeout=timeout)
         info = await self.request_json("GET", f"{base_url}/info", timeout=timeout)
-        if not isinstance(info, dict):
-            raise UpstreamFailed(f"upstream {self.name!r} /info is not a JSON object")
-        serving = {str(info.get("model_id"))}
-        if info.get("served_model_name"):
-            serving.add(str(info["served_model_name"]))
-        limit = info.get("max_client_batch_size")
+        with reading(f"upstream {self.name!r} /info"):
+            serving = {str(info["model_id"])}
+            if info.get("served_model_name"):
+                serving.add(str(info["served_model_name"]))
+            limit = info.get("max_client_batch_size")
         probe = Probe(reachable=True, batch_limit=limit if isinstance(limit, int) else None)
         for name, model in self.config.models.items():
             expected = served_name(name, model)
