@@ -53,6 +53,8 @@ def _from_http_exception(exc: web.HTTPException, max_body_bytes: int) -> Gateway
         return NotFound("no such route; the API is under /v1 (POST /v1/embeddings)")
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return MethodNotAllowed(f"method {exc.method} is not allowed here")
+    if exc.status >= 500:
+        return InternalError(exc.reason, status=exc.status)
     return InvalidRequest(exc.reason, status=exc.status)
 
 
@@ -70,6 +72,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except GatewayError as exc:
         response = render_error(exc, request_id)
         fields["error"] = exc.message
+    except web.RequestPayloadError as exc:  # a body that cannot be read (bad gzip, cut off)
+        error = InvalidRequest(f"the request body could not be read: {exc}")
+        response = render_error(error, request_id)
+        fields["error"] = error.message
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

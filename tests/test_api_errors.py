@@ -321,3 +321,17 @@ async def test_request_id_is_echoed_or_generated() -> None:
         _, _, second = await call(session, url, {"model": "bge", "input": "x"})
         assert first["X-Request-ID"] and second["X-Request-ID"]
         assert first["X-Request-ID"] != second["X-Request-ID"]
+
+
+async def test_a_body_that_cannot_be_decoded_is_a_400() -> None:
+    """``Content-Encoding: gzip`` on a body that is not gzip."""
+    async with serve_fake(create_vllm_app("org/v", dims=8)) as vllm:
+        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "models": {"org/v": {}}}}}
+        async with run_gateway(config) as url, aiohttp.ClientSession() as session:
+            headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            async with session.post(f"{url}/v1/embeddings", headers=headers,
+                                    data=b'{"model": "org/v", "input": "x"}') as resp:
+                assert resp.status == 400
+                envelope = await resp.json()
+            assert envelope["error"]["type"] == "invalid_request_error"
+            assert "could not be read" in envelope["error"]["message"]
