@@ -102,17 +102,29 @@ async def serve(path: str, config: GatewayConfig) -> int:
     if not stop.is_set():
         notifier.ready(gateway.summary())
 
+    reloading: asyncio.Task[None] | None = None
+
+    async def reload_once() -> None:
+        try:
+            new_config = load_config(path)
+        except ConfigError as exc:
+            log.error("reload_rejected", problems=exc.problems)
+            return
+        try:
+            await gateway.reload(new_config)
+        except Exception:  # the old world keeps serving; the next SIGHUP tries again
+            log.exception("reload_failed")
+            return
+        log.info("reloaded", backends=sorted(new_config.backends))
+
     async def reload_loop() -> None:
+        nonlocal reloading
         while True:
             await reloads.get()
             notifier.reloading()
-            try:
-                new_config = load_config(path)
-            except ConfigError as exc:
-                log.error("reload_rejected", problems=exc.problems)
-            else:
-                await gateway.reload(new_config)
-                log.info("reloaded", backends=sorted(new_config.backends))
+            # A reload is not cut short by a stop: retired backends must finish leaving.
+            reloading = asyncio.create_task(reload_once())
+            await asyncio.shield(reloading)
             notifier.ready(gateway.summary())
 
     async def status_loop() -> None:
@@ -128,6 +140,8 @@ async def serve(path: str, config: GatewayConfig) -> int:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if reloading is not None and not reloading.done():
+        await asyncio.wait({reloading}, timeout=config.server.shutdown_timeout)
     # Still listening while draining: late requests get 503 + Retry-After rather than a
     # refused connection, and /health says so, until the last request in flight is done.
     left = await gateway.drain(config.server.shutdown_timeout)

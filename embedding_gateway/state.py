@@ -70,11 +70,15 @@ class Gateway:
 
     async def drain(self, timeout: float) -> int:
         """Refuse new work (503 + Retry-After) and wait up to ``timeout`` seconds for the
-        requests in flight; returns how many were still running when time ran out."""
+        requests in flight; those still queued then for a model are answered 503 rather than
+        cut off. Returns how many requests were still running when time ran out."""
         self.draining = True
         with suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
+        if self._requests:
+            for upstream in self.upstreams.values():
+                upstream.refuse_waiting("the gateway is shutting down; retry")
         return self._requests
 
     def build_upstream(self, name: str, backend_config: BackendConfig) -> Upstream:
@@ -118,18 +122,29 @@ class Gateway:
                         reason="server.host and server.port apply at the next restart")
         kept = {name: upstream for name, upstream in old.items()
                 if new.backends.get(name) == old_config.backends[name]}
-        retired = [upstream for name, upstream in old.items() if name not in kept]
+        retiring = {name: upstream for name, upstream in old.items() if name not in kept}
         self.config = new
         self.ledger.gpus = new.gpus
         fresh = {name: self.build_upstream(name, backend)
                  for name, backend in new.backends.items() if name not in kept}
         self.upstreams = {name: kept.get(name) or fresh[name] for name in new.backends}
         self.router = Router(new, self.upstreams, self.metrics)
-        await asyncio.gather(*(u.retire(new.server.shutdown_timeout) for u in retired))
-        for upstream in fresh.values():
-            await upstream.start()
+
+        async def replace(name: str) -> None:
+            """A remote successor starts at once; a managed one after its predecessor has
+            drained and left (it takes over its ports and adopts its containers)."""
+            successor, previous = fresh.get(name), retiring.get(name)
+            if successor is not None and not successor.managed:
+                await successor.start()
+                successor = None
+            if previous is not None:
+                await previous.retire(new.server.shutdown_timeout, successor=name in fresh)
+            if successor is not None:
+                await successor.start()
+
+        await asyncio.gather(*(replace(name) for name in retiring.keys() | fresh.keys()))
         log.info("reload_applied", kept=sorted(kept), started=sorted(fresh),
-                 retired=sorted(u.name for u in retired))
+                 retired=sorted(retiring))
 
     async def wait_preloaded(self, enabled: bool = True) -> None:
         if enabled:

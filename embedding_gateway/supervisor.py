@@ -200,8 +200,9 @@ class Supervisor(Upstream):
         by_pinned = f", {held:g} GB of it held by pinned models" if held else ""
         return f"it needs {need:g} GB on gpu {opts.gpu!r}, which has {budget:g} GB{by_pinned}"
 
-    def _fail_waiters(self, model: str, error: GatewayError) -> None:
-        for waiter in [w for w in self.waiters if w.model == model]:
+    def _fail_waiters(self, model: str | None, error: GatewayError) -> None:
+        """Answer the requests queued for ``model`` (for every model: ``None``) with ``error``."""
+        for waiter in [w for w in self.waiters if model is None or w.model == model]:
             if not waiter.future.done():
                 waiter.future.set_exception(error)
             self.waiters.remove(waiter)
@@ -462,12 +463,16 @@ class Supervisor(Upstream):
             with suppress(RuntimeStartError):
                 await self.runtime.remove(item)
 
-    async def retire(self, drain_timeout: float) -> None:
+    async def retire(self, drain_timeout: float, *, successor: bool) -> None:
         with suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
                 while any(i.inflight for i in self.instances.values()):  # noqa: ASYNC110 - bounded poll
                     await asyncio.sleep(0.05)
-        await self.close(stop_instances=self.cfg.runtime == "process")
+        self.refuse_waiting(f"backend {self.name!r} was reconfigured; retry")
+        await self.close(stop_instances=not successor or self.cfg.runtime == "process")
+
+    def refuse_waiting(self, reason: str) -> None:
+        self._fail_waiters(None, Unavailable(reason, retry_after=1))
 
     async def close(self, *, stop_instances: bool | None = None) -> None:
         """Stop background work; stop the instances per ``on_shutdown`` unless told."""
@@ -479,10 +484,7 @@ class Supervisor(Upstream):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        error = Unavailable("the gateway is shutting down", retry_after=2)
-        for waiter in self.waiters:
-            if not waiter.future.done():
-                waiter.future.set_exception(error)
+        self.refuse_waiting("the gateway is shutting down; retry")
         if stop_instances:
             await asyncio.gather(*(self._discard(i) for i in list(self.instances.values())))
         await self.runtime.close()

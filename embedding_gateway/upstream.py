@@ -59,9 +59,13 @@ class Upstream(ABC):
         """A base URL serving ``model`` for the duration of one request."""
 
     @abstractmethod
-    async def retire(self, drain_timeout: float) -> None:
+    async def retire(self, drain_timeout: float, *, successor: bool) -> None:
         """Leave service after a reload: let in-flight requests finish (bounded), then close.
-        Managed instances are left running so that a successor can adopt them."""
+        With a ``successor`` (the backend changed) managed containers are left running for it
+        to adopt; without one (the backend was removed) they are stopped."""
+
+    def refuse_waiting(self, reason: str) -> None:  # noqa: B027 - only queues have waiters
+        """Answer every request still queued with a retryable 503 (shutdown, reload)."""
 
     @abstractmethod
     async def wait_preloaded(self) -> None:
@@ -120,7 +124,7 @@ class RemoteUpstream(Upstream):
         if self._preload is not None:
             await asyncio.shield(self._preload)
 
-    async def retire(self, drain_timeout: float) -> None:
+    async def retire(self, drain_timeout: float, *, successor: bool) -> None:
         with suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
                 await self._idle.wait()

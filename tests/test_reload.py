@@ -3,6 +3,7 @@ hands its running containers to its successor instead of reloading the model."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ from tests.fakes import serve_fake
 from tests.fakes.vectors import which_model
 from tests.fakes.vllm import create_vllm_app
 from tests.test_supervisor import backend as fake_managed_backend
-from tests.test_supervisor import free_pair
+from tests.test_supervisor import free_pair, until
 from tests.test_supervisor_docker import DIMS, CountingDocker, containers, managed_backend
 
 
@@ -95,3 +96,55 @@ async def test_a_changed_managed_backend_adopts_the_running_container(
             assert len(runtimes) == 2 and runtimes[1].starts == []
     finally:
         client.close()
+
+
+async def test_a_removed_managed_backend_stops_its_instances() -> None:
+    runtime = FakeRuntime()
+    config: dict[str, Any] = {
+        "server": {"playground": False},
+        "backends": {"m": fake_managed_backend(free_pair(), ["m-a"])},
+    }
+    try:
+        async with serve_fake(create_vllm_app("org/v", dims=DIMS)) as vllm, \
+                serve_app(config, runtime_factory=lambda _: runtime) as (url, app), \
+                aiohttp.ClientSession() as session:
+            await embed(session, url, "m-a", "before")
+            config["backends"] = {"v": {"kind": "vllm", "base_url": vllm,
+                                        "models": {"org/v": {}}}}
+            await app[GATEWAY].reload(parse_config(config, env={}))
+            assert runtime.stops == ["m-a"]  # no successor to adopt it: stopped, not leaked
+            assert runtime.running() == []
+            async with session.post(f"{url}/v1/embeddings",
+                                    json={"model": "m-a", "input": "x"}) as resp:
+                assert resp.status == 404
+    finally:
+        await runtime.shutdown()
+
+
+async def test_requests_still_queued_when_the_drain_ends_get_a_503() -> None:
+    runtime = FakeRuntime()
+    runtime.start_delay = {"m-a": 30}
+    config: dict[str, Any] = {
+        "server": {"playground": False},
+        "backends": {"m": fake_managed_backend(free_pair(), ["m-a"], start_timeout=60,
+                                               queue_timeout=60)},
+    }
+    try:
+        async with serve_app(config, runtime_factory=lambda _: runtime) as (url, app), \
+                aiohttp.ClientSession() as session:
+            async def queued() -> tuple[int, dict[str, Any], str | None]:
+                async with session.post(f"{url}/v1/embeddings",
+                                        json={"model": "m-a", "input": "x"}) as resp:
+                    return resp.status, await resp.json(), resp.headers.get("Retry-After")
+
+            request = asyncio.create_task(queued())
+            async def starting() -> bool:
+                return bool(runtime.starts)
+
+            await until(starting, "the start began")
+            assert await app[GATEWAY].drain(0.2) == 1
+            status, body, retry_after = await asyncio.wait_for(request, 5)
+            assert status == 503 and retry_after, body
+            assert "shutting down" in body["error"]["message"]
+    finally:
+        await runtime.shutdown()
