@@ -219,6 +219,9 @@ class Supervisor(Upstream):
             return True
         if any(i.state in ("draining", "stopping") for i in self.instances.values()):
             return False  # room is already being made
+        if shortfall > 0 and any(v.gpu == opts.gpu and v.state in ("draining", "stopping")
+                                 for _, v in ledger_views):
+            return False  # memory on this device is already being freed, maybe by another
         waiting_models = {w.model for w in self.waiters}
         own = [v for v in self.views()
                if policy.evictable(v, now, self.cfg.min_loaded)

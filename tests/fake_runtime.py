@@ -3,7 +3,8 @@
 Knobs are keyed by the model argument (what fills ``{model}``): ``start_delay`` (seconds
 before the port is bound, alive meanwhile), ``fail_start`` (``start`` raises),
 ``exit_at_once`` (the instance is dead at once and its logs are these lines), ``serve_as``
-(report another model id), ``request_delay`` (every embedding request takes this long).
+(report another model id), ``request_delay`` (every embedding request takes this long),
+``stop_delay`` (how long stopping an instance takes).
 ``kill`` ends an instance from outside. ``starts``, ``stops`` and ``removed`` record calls.
 """
 
@@ -33,6 +34,7 @@ class _Instance:
 class FakeRuntime:
     def __init__(self) -> None:
         self.start_delay: dict[str, float] = {}
+        self.stop_delay: dict[str, float] = {}
         self.fail_start: dict[str, str] = {}
         self.exit_at_once: dict[str, list[str]] = {}
         self.serve_as: dict[str, str] = {}
@@ -128,7 +130,9 @@ class FakeRuntime:
 
     async def stop(self, handle: InstanceHandle, grace: float) -> None:
         if handle.ref in self._instances:
-            self.stops.append(self._instances[handle.ref].model)
+            model = self._instances[handle.ref].model
+            self.stops.append(model)
+            await asyncio.sleep(self.stop_delay.get(model, 0))
         await self._drop(handle.ref)
 
     async def is_alive(self, handle: InstanceHandle) -> bool:

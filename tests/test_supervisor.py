@@ -219,6 +219,21 @@ async def test_a_gpu_budget_is_shared_across_backends() -> None:
         assert runtime.stops == ["m-a", "m-b"]
 
 
+async def test_a_slow_stop_on_another_backend_is_not_followed_by_more_evictions() -> None:
+    """One eviction frees enough; while it is still stopping, no second victim is chosen."""
+    runtime = FakeRuntime()
+    runtime.stop_delay = {"m-a": 1.0, "m-b": 1.0}
+    on_gpu = {"memory_gb": 8, "gpu": "0"}
+    backends = {"t": backend(free_pair(), {"m-a": on_gpu, "m-b": on_gpu}, max_instances=2),
+                "u": backend(free_pair(), {"m-c": on_gpu})}
+    async with gateway(runtime, backends, gpus={"0": {"memory_gb": 20}}) as client:
+        await client.ok("m-a")
+        await client.ok("m-b")
+        await client.ok("m-c")
+        assert runtime.stops == ["m-a"]  # least recently used, and only it
+        assert sorted(runtime.running()) == ["m-b", "m-c"]
+
+
 async def test_a_pinned_model_is_loaded_at_start_and_never_evicted() -> None:
     runtime = FakeRuntime()
     models = {"m-p": {"pinned": True}, "m-a": {}, "m-b": {}}
