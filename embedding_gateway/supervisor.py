@@ -23,7 +23,7 @@ from .backends.base import Backend, served_name, upstream_name
 from .errors import GatewayError, QueueFull, RuntimeStartError, Unavailable
 from .instances import DeviceLedger, Instance, Slots, Waiter, granted
 from .metrics import Metrics
-from .runtimes.base import InstanceSpec, Runtime
+from .runtimes.base import FoundInstance, InstanceSpec, Runtime
 from .upstream import ModelState, Upstream
 
 log = structlog.get_logger("embedding_gateway.supervisor")
@@ -422,49 +422,57 @@ class Supervisor(Upstream):
         await asyncio.gather(*self._preloads, return_exceptions=True)
 
     async def _adopt(self) -> None:
-        """Reuse healthy instances an earlier run left serving configured models; remove
-        strays."""
+        """Reuse healthy instances an earlier run (or the predecessor of a reload) left
+        serving configured models with the current spec; remove the rest."""
         try:
             found = await self.runtime.find_existing(self.name)
         except RuntimeStartError as exc:
             self.runtime_error = str(exc)
             log.error("runtime_unavailable", backend=self.name, reason=str(exc))
             return
-        models = self.backend.config.models
         for item in found:
-            slot = (self.slots.at_port(item.host_port, self._used_slots())
-                    if item.host_port is not None else None)
-            keep = (
-                item.running and item.model in models and slot is not None
-                and not any(i.model == item.model for i in self.instances.values())
-            )
-            if keep:
-                assert item.host_port is not None and slot is not None
-                instance = Instance(f"{self.name}-{slot}", slot, item.model, item.host_port,
-                                    self.slots.url(item.host_port), state="ready")
-                try:
-                    probe = await self.backend.probe(instance.base_url, self.probe_timeout)
-                    keep = served_name(item.model, models[item.model]) in probe.served
-                except GatewayError:
-                    keep = False
-                if keep:
-                    try:
-                        instance.handle = await self.runtime.adopt(item, self._spec(instance))
-                    except RuntimeStartError as exc:
-                        log.warning("instance_not_adopted", backend=self.name,
-                                    instance=item.instance, reason=str(exc))
-                        keep = False
-                if keep:
-                    instance.ready_since = time.monotonic()
-                    self.instances[instance.id] = instance
-                    self._publish(item.model, "loaded")
-                    log.info("instance_adopted", backend=self.name, model=item.model,
-                             instance=item.instance)
-                    continue
+            instance, why_not = await self._adoptable(item)
+            if instance is not None:
+                instance.ready_since = time.monotonic()
+                self.instances[instance.id] = instance
+                self._publish(item.model, "loaded")
+                log.info("instance_adopted", backend=self.name, model=item.model,
+                         instance=instance.id)
+                continue
             log.info("instance_stray_removed", backend=self.name, instance=item.instance,
-                     model=item.model)
+                     model=item.model, reason=why_not)
             with suppress(RuntimeStartError):
                 await self.runtime.remove(item)
+
+    async def _adoptable(self, item: FoundInstance) -> tuple[Instance | None, str]:
+        """The instance to adopt for ``item``, or why it is not adoptable."""
+        models = self.backend.config.models
+        if not item.running:
+            return None, "not running"
+        if item.model not in models:
+            return None, "model not configured"
+        if any(i.model == item.model for i in self.instances.values()):
+            return None, "model already served"
+        slot = None if item.host_port is None else self.slots.at_port(
+            item.host_port, self._used_slots())
+        if item.host_port is None or slot is None:
+            return None, "port outside this backend's slots"
+        instance = Instance(f"{self.name}-{slot}", slot, item.model, item.host_port,
+                            self.slots.url(item.host_port), state="ready")
+        spec = self._spec(instance)
+        if item.fingerprint != self.runtime.fingerprint(spec):
+            return None, "started with another spec (image, args, env, volumes or gpus)"
+        try:
+            probe = await self.backend.probe(instance.base_url, self.probe_timeout)
+        except GatewayError as exc:
+            return None, f"not healthy: {exc.message}"
+        if served_name(item.model, models[item.model]) not in probe.served:
+            return None, "serves another model"
+        try:
+            instance.handle = await self.runtime.adopt(item, spec)
+        except RuntimeStartError as exc:
+            return None, str(exc)
+        return instance, ""
 
     async def retire(self, drain_timeout: float, *, successor: bool) -> None:
         with suppress(TimeoutError):

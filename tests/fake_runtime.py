@@ -35,6 +35,7 @@ class FakeRuntime:
     def __init__(self) -> None:
         self.start_delay: dict[str, float] = {}
         self.stop_delay: dict[str, float] = {}
+        self.fingerprints: dict[str, str] = {}
         self.fail_start: dict[str, str] = {}
         self.exit_at_once: dict[str, list[str]] = {}
         self.serve_as: dict[str, str] = {}
@@ -134,6 +135,11 @@ class FakeRuntime:
             self.stops.append(model)
             await asyncio.sleep(self.stop_delay.get(model, 0))
         await self._drop(handle.ref)
+
+    def fingerprint(self, spec: InstanceSpec) -> str | None:
+        """What ``find_existing`` reports as the spec an instance was started with:
+        ``self.fingerprints[model]``, None unless a test sets one."""
+        return self.fingerprints.get(spec.model)
 
     async def is_alive(self, handle: InstanceHandle) -> bool:
         instance = self._instances.get(handle.ref)

@@ -94,6 +94,14 @@ async def test_a_changed_managed_backend_adopts_the_running_container(
                 == "org/model-a"
             assert [c.id for c in containers(client, name)] == [before]  # adopted, not redone
             assert len(runtimes) == 2 and runtimes[1].starts == []
+
+            # A change to what the container runs with is applied: replaced, not adopted.
+            config["backends"][name]["managed"]["env"] = {"EMBEDDING_FLAVOUR": "new"}
+            await app[GATEWAY].reload(parse_config(config, env={}))
+            await embed(session, url, "org/model-a", "replaced")
+            [after] = [c.id for c in containers(client, name)]
+            assert after != before
+            assert runtimes[2].starts == ["org/model-a"]
     finally:
         client.close()
 

@@ -379,6 +379,20 @@ async def test_adoption_keeps_the_right_healthy_instance_and_removes_the_rest() 
         assert runtime.running() == ["m-a"]
 
 
+async def test_an_instance_started_with_another_spec_is_replaced_not_adopted() -> None:
+    runtime = FakeRuntime()
+    port = free_pair()
+    old = await runtime.serve_external("m-a", port)
+    runtime.existing = [FoundInstance(old, "t", "m-a", "t-0", port, running=True,
+                                      fingerprint="image:1.8")]
+    runtime.fingerprints = {"m-a": "image:1.9"}  # the config changed since it was started
+    async with gateway(runtime, {"t": backend(port, MODELS)}) as client:
+        assert await client.state("m-a") == "idle"
+        assert runtime.removed == [old]
+        await client.ok("m-a")
+        assert runtime.starts == ["m-a"]
+
+
 async def test_an_adopted_instance_keeps_its_port_free_of_new_starts() -> None:
     runtime = FakeRuntime()
     port = free_pair()

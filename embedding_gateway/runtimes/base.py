@@ -44,6 +44,7 @@ class FoundInstance:
     instance: str
     host_port: int | None
     running: bool
+    fingerprint: str | None = None  # of the spec it was started with (see Runtime.fingerprint)
 
 
 class Runtime(Protocol):
@@ -62,6 +63,10 @@ class Runtime(Protocol):
 
     async def find_existing(self, backend: str) -> list[FoundInstance]:
         """Instances labelled as this gateway's for ``backend``, left by an earlier run."""
+
+    def fingerprint(self, spec: InstanceSpec) -> str | None:
+        """A digest of everything the instance was started with; a found instance whose
+        fingerprint differs from the current spec's is not adopted (the config changed)."""
 
     async def adopt(self, found: FoundInstance, spec: InstanceSpec) -> InstanceHandle:
         """A handle for a found instance that will be reused."""

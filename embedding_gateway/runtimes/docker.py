@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -33,6 +35,7 @@ LABEL_BACKEND = LABEL_PREFIX + "backend"
 LABEL_MODEL = LABEL_PREFIX + "model"
 LABEL_INSTANCE = LABEL_PREFIX + "instance"
 LABEL_HOST_PORT = LABEL_PREFIX + "host_port"
+LABEL_SPEC = LABEL_PREFIX + "spec"
 
 _NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
 _PORT_TAKEN = ("address already in use", "port is already allocated")
@@ -142,6 +145,7 @@ class DockerRuntime:
                 LABEL_MODEL: spec.model,
                 LABEL_INSTANCE: spec.instance,
                 LABEL_HOST_PORT: str(spec.host_port),
+                LABEL_SPEC: self.fingerprint(spec),
             }
             binding: Any = ("127.0.0.1", spec.host_port) if self._local else spec.host_port
             container = await self._call(
@@ -236,6 +240,23 @@ class DockerRuntime:
                 return ""
         return scrub(raw.decode("utf-8", "replace"), handle.spec.managed.env)
 
+    def fingerprint(self, spec: InstanceSpec) -> str:
+        """sha256 over what the container is created with (env values included, so it is a
+        digest, never the values)."""
+        managed = spec.managed
+        created = {
+            "image": managed.image,
+            "args": [fill(arg, spec) for arg in managed.args],
+            "env": {key: fill(value, spec) for key, value in sorted(managed.env.items())},
+            "volumes": [fill(volume, spec) for volume in managed.volumes],
+            "container_port": managed.container_port,
+            "host_port": spec.host_port,
+            "gpus": managed.gpus,
+            "init": managed.init,
+            "shm_size": managed.shm_size,
+        }
+        return hashlib.sha256(json.dumps(created, sort_keys=True).encode()).hexdigest()[:32]
+
     async def find_existing(self, backend: str) -> list[FoundInstance]:
         client = await self._docker()
         with self._api_errors("listing containers"):
@@ -255,6 +276,7 @@ class DockerRuntime:
             instance=labels.get(LABEL_INSTANCE, ""),
             host_port=int(port) if port.isdigit() else None,
             running=container.status == "running",
+            fingerprint=labels.get(LABEL_SPEC),
         )
 
     async def adopt(self, found: FoundInstance, spec: InstanceSpec) -> InstanceHandle:

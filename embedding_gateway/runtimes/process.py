@@ -179,6 +179,9 @@ class ProcessRuntime:
     async def find_existing(self, backend: str) -> list[FoundInstance]:
         return []
 
+    def fingerprint(self, spec: InstanceSpec) -> str | None:
+        return None  # nothing is ever found to compare with
+
     async def adopt(self, found: FoundInstance, spec: InstanceSpec) -> InstanceHandle:
         raise RuntimeStartError("local processes do not outlive the gateway; none to adopt")
 
