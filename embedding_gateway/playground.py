@@ -14,7 +14,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# a link to the repository's top-level templates/, copied into the package when it is built
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 DEFAULT_TITLE = "Embedding Gateway"
 
 PLAYGROUND_CONTEXT = web.AppKey("playground_context", dict)
