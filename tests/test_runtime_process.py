@@ -65,7 +65,6 @@ async def post_json(url: str, body: dict[str, object]) -> dict[str, object]:
 async def runtime() -> AsyncIterator[ProcessRuntime]:
     process_runtime = ProcessRuntime(ManagedConfig(runtime="process", command=["true"]))
     yield process_runtime
-    await process_runtime.stop_all(grace=1)
     await process_runtime.close()
 
 
@@ -119,6 +118,16 @@ async def test_the_log_ring_keeps_only_the_last_lines(runtime: ProcessRuntime) -
     await runtime.stop(handle, grace=1)
 
 
+async def test_a_secret_the_child_inherits_is_scrubbed_from_its_logs(
+    runtime: ProcessRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HF_TOKEN`` from the gateway's own environment (systemd's EnvironmentFile)."""
+    monkeypatch.setenv("HF_TOKEN", "hf_inherited_secret_value")
+    handle = await runtime.start(sh('echo "loading with $HF_TOKEN"'))
+    await wait_exited(runtime, handle)
+    assert await runtime.logs(handle) == "loading with ***\n"
+
+
 async def test_a_missing_command_is_named(runtime: ProcessRuntime) -> None:
     with pytest.raises(RuntimeStartError) as caught:
         await runtime.start(spec_for(["no-such-embedding-server", "--port", "{port}"]))
@@ -146,11 +155,11 @@ async def test_placeholders_env_and_no_systemd_variables(
     await runtime.stop(handle, grace=1)
 
 
-async def test_stop_all_stops_every_process(runtime: ProcessRuntime) -> None:
+async def test_close_stops_every_process(runtime: ProcessRuntime) -> None:
     handles = [await runtime.start(spec_for([sys.executable, "-c", "import time; time.sleep(600)"]))
                for _ in range(3)]
 
-    await runtime.stop_all(grace=5)
+    await runtime.close()
     for handle in handles:
         assert not group_exists(int(handle.ref))
         assert not await runtime.is_alive(handle)

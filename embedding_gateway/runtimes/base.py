@@ -75,4 +75,5 @@ class Runtime(Protocol):
         """Remove a stray found instance."""
 
     async def close(self) -> None:
-        """Release clients and threads (instances are left as they are)."""
+        """Release clients and threads. Instances that can outlive the gateway (containers)
+        are left as they are; ones that cannot (processes) are stopped."""

@@ -3,7 +3,8 @@
 Each process runs in its own session and process group, so stopping it signals everything it
 spawned. Its merged stdout and stderr are kept in a bounded ring of recent lines. The systemd
 variables of the gateway (``NOTIFY_SOCKET``, ``WATCHDOG_*``) are not passed on: a child must
-never speak for the gateway. Processes do not outlive the gateway; ``stop_all`` at shutdown.
+never speak for the gateway. Processes do not outlive the gateway: the supervisor stops them
+when it closes, whatever ``on_shutdown`` says.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import structlog
 
 from ..config import ManagedConfig
 from ..errors import RuntimeStartError
+from ..systemd import child_environ
 from .base import FoundInstance, InstanceHandle, InstanceSpec
 from .secrets import scrub
 
 LOG_LINES = 200
-_SYSTEMD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 _GROUP_POLL = 0.05
 _DRAIN_TIMEOUT = 1.0
 _KILL_WAIT = 5.0
+_CLOSE_GRACE = 5.0
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +36,7 @@ log = structlog.get_logger(__name__)
 @dataclass
 class _Running:
     process: asyncio.subprocess.Process
-    env: dict[str, str]
+    env: dict[str, str]  # all of the child's environment: its secrets are scrubbed from logs
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     reader: asyncio.Task[None] | None = None
 
@@ -42,13 +44,6 @@ class _Running:
 def fill(template: str, spec: InstanceSpec) -> str:
     """Fill ``{model}`` and ``{port}`` (the host port the process listens on)."""
     return template.replace("{model}", spec.model_arg).replace("{port}", str(spec.host_port))
-
-
-def child_environment(extra: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, **extra}
-    for name in _SYSTEMD_VARS:
-        env.pop(name, None)
-    return env
 
 
 def _group_exists(pgid: int) -> bool:
@@ -113,7 +108,7 @@ class ProcessRuntime:
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
         command = [fill(part, spec) for part in spec.managed.command]
-        env = {name: fill(value, spec) for name, value in spec.managed.env.items()}
+        env = child_environ({name: fill(value, spec) for name, value in spec.managed.env.items()})
         try:
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -121,7 +116,7 @@ class ProcessRuntime:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                env=child_environment(env),
+                env=env,
             )
         except FileNotFoundError:
             raise RuntimeStartError(f"command {command[0]!r} not found") from None
@@ -139,10 +134,6 @@ class ProcessRuntime:
 
     async def stop(self, handle: InstanceHandle, grace: float) -> None:
         await self._stop(handle.ref, grace)
-
-    async def stop_all(self, grace: float) -> None:
-        """Stop every process this runtime started (at gateway shutdown)."""
-        await asyncio.gather(*(self._stop(ref, grace) for ref in list(self._running)))
 
     async def _stop(self, ref: str, grace: float) -> None:
         running = self._running.pop(ref, None)
@@ -189,5 +180,6 @@ class ProcessRuntime:
         return None
 
     async def close(self) -> None:
-        return None
+        """Processes cannot outlive the gateway: any still running are stopped."""
+        await asyncio.gather(*(self._stop(ref, _CLOSE_GRACE) for ref in list(self._running)))
 
