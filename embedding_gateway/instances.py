@@ -30,7 +30,6 @@ class Instance:
     since: float = field(default_factory=time.time)
     ready_since: float | None = None
     last_used: float = field(default_factory=time.monotonic)
-    started_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -70,7 +69,8 @@ class Slots:
         return urlunsplit((self.scheme, f"{host}:{port}", "", "", ""))
 
     def free(self, used: set[int]) -> int:
-        return next(n for n in range(self.count + 1) if n not in used)
+        """The lowest free slot; only asked when one is free."""
+        return next(n for n in range(self.count) if n not in used)
 
     def at_port(self, port: int, used: set[int]) -> int | None:
         """The free slot whose port is ``port`` (where an adopted instance must go)."""

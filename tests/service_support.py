@@ -24,12 +24,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0  # liveness bound for anything the gateway should do "soon"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Datagram:
     received: float  # time.monotonic() on arrival

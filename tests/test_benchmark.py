@@ -12,7 +12,6 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.ports import free_port
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 STATS = {"p50", "p95", "p99", "mean", "min", "max"}
@@ -244,12 +245,6 @@ def test_unreachable_gateway_fails_with_a_message(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "127.0.0.1:9" in done.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

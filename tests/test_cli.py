@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,12 @@ import yaml
 from tests.fakes import serve_fake
 from tests.fakes.vectors import which_model
 from tests.fakes.vllm import create_vllm_app
+from tests.ports import free_port
 
 MODEL = "intfloat/e5-base-v2"
 CLIENT_KEY = "client-key-4f9a2c"
 UPSTREAM_KEY = "upstream-key-7d1e0b"
 START_BOUND = 20.0  # seconds for the process to start listening; a liveness bound
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def command() -> list[str]:

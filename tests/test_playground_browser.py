@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.fakes import FAKE_STATE, serve_fake
 from tests.fakes.ollama import create_ollama_app
 from tests.fakes.tei import create_tei_app
 from tests.fakes.vllm import create_vllm_app
+from tests.ports import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -330,12 +330,6 @@ async def test_api_key_field_makes_requests_work(
             "sessionStorage.getItem('embedding-gateway.api-key')")
         assert stored == API_KEY
         await page.screenshot(path=tmp_path / "api-key.png", full_page=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def managed_fake_tei() -> dict[str, Any]:

@@ -11,7 +11,6 @@ import docker
 import pytest
 
 from embedding_gateway.config import ManagedConfig, parse_config
-from embedding_gateway.runtimes.ports import free_port
 from embedding_gateway.state import GATEWAY
 from tests.conftest import serve_app
 from tests.docker_support import (
@@ -24,8 +23,9 @@ from tests.fake_runtime import FakeRuntime
 from tests.fakes import serve_fake
 from tests.fakes.vectors import which_model
 from tests.fakes.vllm import create_vllm_app
+from tests.ports import free_pair, free_port
 from tests.test_supervisor import backend as fake_managed_backend
-from tests.test_supervisor import free_pair, until
+from tests.test_supervisor import until
 from tests.test_supervisor_docker import DIMS, CountingDocker, containers, managed_backend
 
 

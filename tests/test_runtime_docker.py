@@ -17,8 +17,6 @@ from embedding_gateway.config import ManagedConfig
 from embedding_gateway.errors import RuntimeStartError
 from embedding_gateway.runtimes.base import InstanceHandle, InstanceSpec
 from embedding_gateway.runtimes.docker import DockerRuntime, container_name, device_requests
-from embedding_gateway.runtimes.ports import free_port
-from embedding_gateway.runtimes.secrets import redact_env
 from tests.docker_support import (
     clean_containers,  # noqa: F401
     docker_available,  # noqa: F401
@@ -26,6 +24,7 @@ from tests.docker_support import (
     test_image,  # noqa: F401
     unique_name,
 )
+from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
 SECRET = "hf_do-not-leak-7f3a9"
@@ -189,7 +188,6 @@ async def test_secret_env_values_stay_out_of_errors_logs_and_reprs(
     assert "token=*** plain=visible" in logs
     assert SECRET not in logs
     assert SECRET not in repr(runtime)
-    assert redact_env(env) == {"HF_TOKEN": "***", "api_key": "***", "PLAIN": "visible"}
     await runtime.stop(handle, grace=5)
 
 

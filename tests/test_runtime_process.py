@@ -13,8 +13,8 @@ import pytest
 from embedding_gateway.config import ManagedConfig
 from embedding_gateway.errors import RuntimeStartError
 from embedding_gateway.runtimes.base import InstanceHandle, InstanceSpec
-from embedding_gateway.runtimes.ports import free_port
 from embedding_gateway.runtimes.process import LOG_LINES, ProcessRuntime
+from tests.ports import free_port
 
 WAIT = 60.0
 SECRET = "sk-do-not-leak-51c2"

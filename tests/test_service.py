@@ -26,12 +26,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fakes import FAKE_STATE, FakeState, serve_fake
 from tests.fakes.vectors import fake_vectors
 from tests.fakes.vllm import create_vllm_app
+from tests.ports import free_port
 from tests.service_support import (
     WAIT,
     Datagram,
     GatewayProcess,
     NotifyListener,
-    free_port,
     gateway_config,
     vllm_backend,
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,26 +16,12 @@ from embedding_gateway.runtimes.base import FoundInstance
 from tests.conftest import run_gateway
 from tests.fake_runtime import FakeRuntime
 from tests.fakes.vectors import which_model
+from tests.ports import free_pair
 
 MODELS = ["m-a", "m-b", "m-c", "m-p"]
 DIMS = 384
 WAIT = 10.0
 pytestmark = pytest.mark.timeout(30)
-
-
-def free_pair() -> int:
-    """A port p with p and p + 1 free (instance slots 0 and 1)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return int(port)
-    raise OSError("no two adjacent free ports")
 
 
 def backend(port: int, models: dict[str, dict[str, Any]] | list[str], **managed: Any

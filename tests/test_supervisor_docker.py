@@ -19,7 +19,6 @@ import pytest
 from embedding_gateway.config import ManagedConfig
 from embedding_gateway.runtimes.base import InstanceHandle, InstanceSpec
 from embedding_gateway.runtimes.docker import LABEL_BACKEND, LABEL_MODEL, DockerRuntime
-from embedding_gateway.runtimes.ports import free_port
 from tests.conftest import run_gateway
 from tests.docker_support import (
     PYTHON,
@@ -32,6 +31,7 @@ from tests.docker_support import (
 from tests.fakes import serve_fake
 from tests.fakes.tei import create_tei_app
 from tests.fakes.vectors import which_model
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 MODELS = ["org/model-a", "org/model-b", "org/model-c"]

@@ -13,8 +13,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from embedding_gateway.runtimes.ports import free_port
 from tests.conftest import run_gateway
+from tests.ports import free_port
 
 pytestmark = [
     pytest.mark.timeout(180),

@@ -26,9 +26,9 @@ from ..config import ManagedConfig
 from ..errors import RuntimeStartError
 from .base import FoundInstance, InstanceHandle, InstanceSpec
 from .ports import is_port_free
-from .secrets import redact_env, scrub
+from .secrets import scrub
 
-__all__ = ["DockerRuntime", "container_name", "device_requests", "redact_env"]
+__all__ = ["DockerRuntime", "container_name", "device_requests"]
 
 LABEL_PREFIX = "embedding-gateway."
 LABEL_BACKEND = LABEL_PREFIX + "backend"

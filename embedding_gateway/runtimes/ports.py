@@ -1,4 +1,4 @@
-"""Free TCP ports on this host."""
+"""Whether a TCP port on this host is free."""
 
 from __future__ import annotations
 
@@ -15,15 +15,3 @@ def is_port_free(port: int, host: str = "127.0.0.1") -> bool:
             return False
     return True
 
-
-def free_port(host: str = "127.0.0.1", between: tuple[int, int] | None = None) -> int:
-    """A port that is free now: any the kernel picks, or the first free one in ``between``."""
-    if between is None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            return int(sock.getsockname()[1])
-    low, high = between
-    for port in range(low, high + 1):
-        if is_port_free(port, host):
-            return port
-    raise OSError(f"no free port between {low} and {high} on {host}")

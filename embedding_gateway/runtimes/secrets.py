@@ -1,4 +1,4 @@
-"""Keeping secret environment values out of messages, logs and reprs.
+"""Keeping secret environment values out of messages and logs.
 
 A variable is secret when its name contains TOKEN, KEY, SECRET or PASSWORD (any case).
 """
@@ -14,12 +14,6 @@ MASK = "***"
 
 def is_secret_name(name: str) -> bool:
     return _SECRET_NAME.search(name) is not None
-
-
-def redact_env(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``env`` safe to show: secret values (when set) replaced by ``***``."""
-    return {name: MASK if value and is_secret_name(name) else value
-            for name, value in env.items()}
 
 
 def scrub(text: str, env: Mapping[str, str]) -> str:
