@@ -20,7 +20,14 @@ import structlog
 
 from . import policy
 from .backends.base import Backend, served_name, upstream_name
-from .errors import GatewayError, QueueFull, RuntimeStartError, Unavailable
+from .errors import (
+    GatewayError,
+    QueueFull,
+    RuntimeStartError,
+    Unavailable,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from .instances import DeviceLedger, Instance, Slots, Waiter, granted
 from .metrics import Metrics
 from .runtimes.base import FoundInstance, InstanceSpec, Runtime
@@ -70,7 +77,7 @@ class Supervisor(Upstream):
             instance = await self._wait_for(model)
         try:
             yield instance.base_url
-        except GatewayError as exc:
+        except (UpstreamFailed, UpstreamTimeout) as exc:  # not the upstream's "bad input"
             if await self._died(instance):
                 raise Unavailable(
                     f"the instance serving {model!r} exited; the next request starts it again",

@@ -211,7 +211,9 @@ class RemoteUpstream(Upstream):
         except UpstreamFailed as exc:
             if exc.code == "model_mismatch" and self._probe is not None:
                 self._probe.mismatch[model] = exc.message
-            elif exc.code == "upstream_failed" and self._probe is not None:
+            elif exc.upstream_kind == "refused" and self._probe is not None:
+                # unreachable now: the next request checks again before it is sent; a 5xx
+                # for one request says nothing of the next one
                 probe = self._probe
                 probe.reachable, probe.reason, probe.error = False, exc.message, exc
             raise

@@ -176,3 +176,20 @@ async def test_models_lists_every_model_and_alias_with_its_state() -> None:
         ), model
         assert model["state"] == "remote"
     assert by_id["e5"]["reason"]
+
+
+async def test_one_failed_request_does_not_mark_a_remote_backend_down() -> None:
+    app = create_vllm_app("org/v", dims=8)
+    async with serve_fake(app) as vllm:
+        config = {"server": {"health_interval": 60},
+                  "backends": {"v": {"kind": "vllm", "base_url": vllm, "models": {"org/v": {}}}}}
+        async with run_gateway(config) as url, aiohttp.ClientSession() as session:
+            body = {"model": "org/v", "input": "x"}
+            async with session.post(f"{url}/v1/embeddings", json=body) as resp:
+                assert resp.status == 200
+            app[FAKE_STATE].fail = (500, None)
+            async with session.post(f"{url}/v1/embeddings", json=body) as resp:
+                assert resp.status == 502
+            app[FAKE_STATE].fail = None
+            async with session.get(f"{url}/health") as resp:
+                assert resp.status == 200, await resp.text()
