@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -10,8 +12,10 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import orjson
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from tests.conftest import run_gateway
 from tests.fakes import FAKE_STATE, FakeState, serve_fake
@@ -255,3 +259,30 @@ async def test_a_vllm_served_model_name_is_what_requests_carry() -> None:
             assert data["model"] == "qwen-embed"
             assert which_model(data["data"][0]["embedding"], "hello", ["/models/qwen"], 8) \
                 == "/models/qwen"
+
+
+async def test_a_client_leaving_during_a_large_response_is_not_an_internal_error() -> None:
+    async with serve_fake(create_vllm_app("org/v", dims=1024)) as vllm:
+        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "max_batch": 512,
+                                     "models": {"org/v": {}}}}}
+        async with run_gateway(config) as url:
+            host, port = url.removeprefix("http://").split(":")
+            body = orjson.dumps({"model": "org/v", "input": [f"t{i}" for i in range(2048)]})
+            with capture_logs() as events:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # back-pressure soon
+                sock.connect((host, int(port)))
+                reader, writer = await asyncio.open_connection(sock=sock)
+                writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+                assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+                writer.transport.abort()  # gone, with megabytes still to come
+                for _ in range(100):
+                    if any(e["event"] == "request" for e in events):
+                        break
+                    await asyncio.sleep(0.05)
+            [line] = [e for e in events if e["event"] == "request"]
+            assert "went away" in line["error"]
+            assert not [e for e in events if e["event"] == "unhandled_error"]
