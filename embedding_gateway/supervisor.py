@@ -546,4 +546,5 @@ class Supervisor(Upstream):
                 for i in self.instances.values()
             ],
             "models": models,
+            "limits": self.backend.limits,
         }

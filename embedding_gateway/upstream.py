@@ -248,4 +248,5 @@ class RemoteUpstream(Upstream):
             "reason": reason,
             "checked_at": self._checked_at,
             "models": {m: self.model_state(m).as_dict() for m in self.backend.config.models},
+            "limits": self.backend.limits,
         }

@@ -150,6 +150,7 @@ class Backend(ABC):
         self.config = config
         self.session = session
         self.upstream_batch_limit: int | None = None  # learnt from the upstream (TEI /info)
+        self.limits: dict[str, Any] = {}  # what the upstream says of its limits, for /health
         headers = {"Content-Type": "application/json"}
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"

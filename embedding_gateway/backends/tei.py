@@ -12,6 +12,9 @@ from __future__ import annotations
 from .base import Probe, reading, served_name
 from .openai import OpenAIBackend
 
+TEI_LIMITS = ("max_client_batch_size", "max_input_length", "max_batch_tokens",
+              "max_batch_requests", "max_concurrent_requests", "auto_truncate")
+
 
 class TEIBackend(OpenAIBackend):
     kind = "tei"
@@ -25,6 +28,7 @@ class TEIBackend(OpenAIBackend):
             if info.get("served_model_name"):
                 serving.add(str(info["served_model_name"]))
             limit = info.get("max_client_batch_size")
+            self.limits = {key: info.get(key) for key in TEI_LIMITS}
         probe = Probe(reachable=True, batch_limit=limit if isinstance(limit, int) else None)
         for name, model in self.config.models.items():
             expected = served_name(name, model)
