@@ -18,11 +18,12 @@ from aiohttp import web
 from .app import create_app
 from .config import GatewayConfig, load_config
 from .errors import ConfigError
-from .state import GATEWAY
+from .state import GATEWAY, Gateway
 from .systemd import Notifier
 
 log = structlog.get_logger("embedding_gateway")
 
+PRELOAD_PING = 10.0  # seconds between EXTEND_TIMEOUT_USEC while waiting for preloads
 CLOSE_TIMEOUT = 1.0  # for connections still open after the drain (it waited for requests)
 
 
@@ -69,6 +70,19 @@ def check_config(path: str) -> int:
     return 0
 
 
+async def wait_for_preloads(gateway: Gateway, stop: asyncio.Event, notifier: Notifier) -> None:
+    """Until the preload models are loaded, or a stop signal comes first."""
+    preload = asyncio.create_task(gateway.wait_preloaded())
+    stopped = asyncio.create_task(stop.wait())
+    while not (preload.done() or stopped.done()):
+        # systemd's start timeout (90 s by default) is shorter than a model download
+        notifier.extend_timeout(2 * PRELOAD_PING, "loading the preload models")
+        await asyncio.wait((preload, stopped), timeout=PRELOAD_PING,
+                           return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    preload.cancel()
+
+
 async def serve(path: str, config: GatewayConfig) -> int:
     notifier = Notifier()
     # Handlers go in before READY=1: systemd may signal as soon as it sees READY, and the
@@ -93,11 +107,8 @@ async def serve(path: str, config: GatewayConfig) -> int:
                   error=exc.strerror)
         await runner.cleanup()
         return 1
-    preload = asyncio.create_task(gateway.wait_preloaded(config.server.ready_after_preload))
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait((preload, stopped), return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    preload.cancel()
+    if config.server.ready_after_preload:
+        await wait_for_preloads(gateway, stop, notifier)
     log.info("listening", host=config.server.host, port=config.server.port)
     if not stop.is_set():
         notifier.ready(gateway.summary())

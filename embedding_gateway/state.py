@@ -146,9 +146,8 @@ class Gateway:
         log.info("reload_applied", kept=sorted(kept), started=sorted(fresh),
                  retired=sorted(retiring))
 
-    async def wait_preloaded(self, enabled: bool = True) -> None:
-        if enabled:
-            await asyncio.gather(*(u.wait_preloaded() for u in self.upstreams.values()))
+    async def wait_preloaded(self) -> None:
+        await asyncio.gather(*(u.wait_preloaded() for u in self.upstreams.values()))
 
     def routes(self) -> Router:
         assert self.router is not None, "Gateway.start() has not run"

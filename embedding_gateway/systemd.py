@@ -68,6 +68,10 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}", None)
 
+    def extend_timeout(self, seconds: float, status: str | None = None) -> None:
+        """Ask for ``seconds`` more before systemd gives up on the start (a long preload)."""
+        self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", status)
+
     def stopping(self, status: str | None = None) -> None:
         self._send("STOPPING=1", status)
 

@@ -149,6 +149,9 @@ async def test_sigterm_while_preloading_stops_without_waiting_for_the_preload(
     while not any(e.get("event") == "process_started" for e in gw.log_events()):
         assert time.monotonic() < deadline, gw.log_text()
         await asyncio.sleep(0.05)
+    # while it waits for the preload, systemd is asked for more time than its start timeout
+    extend = await notify.expect(lambda d: "EXTEND_TIMEOUT_USEC" in d.fields)
+    assert int(extend.fields["EXTEND_TIMEOUT_USEC"]) >= 10_000_000
     gw.signal(signal.SIGTERM)
     await notify.expect("STOPPING=1")
     assert await gw.wait() == 0
