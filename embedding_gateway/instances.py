@@ -79,14 +79,35 @@ class Slots:
 
 
 class DeviceLedger:
-    """GPU memory shared by the instances of every managed backend."""
+    """GPU memory shared by the instances of every managed backend.
+
+    A supervisor that evicts for a model *claims* that model's memory until it starts it, so
+    that another backend cannot take the freed memory in between (and starve it)."""
 
     def __init__(self, gpus: dict[str, GpuConfig]) -> None:
         self.gpus = gpus
         self.supervisors: list[Supervisor] = []
+        self._claims: dict[tuple[Supervisor, str], policy.InstanceView] = {}
 
     def budget(self, gpu: str | None) -> float | None:
         return self.gpus[gpu].memory_gb if gpu in self.gpus else None
 
-    def views(self) -> list[tuple[Supervisor, policy.InstanceView]]:
-        return [(s, v) for s in self.supervisors for v in s.views()]
+    def views(self, claimant: tuple[Supervisor, str] | None = None
+              ) -> list[tuple[Supervisor, policy.InstanceView]]:
+        """Every instance, and every claim but ``claimant``'s own."""
+        instances = [(s, v) for s in self.supervisors for v in s.views()]
+        claims = [(owner, view) for (owner, model), view in self._claims.items()
+                  if (owner, model) != claimant]
+        return instances + claims
+
+    def claim(self, owner: Supervisor, model: str, gpu: str | None, memory_gb: float) -> None:
+        self._claims[(owner, model)] = policy.InstanceView(
+            instance=f"claim:{model}", model=model, state="claimed", inflight=0,
+            last_used=0.0, ready_since=None, pinned=False, memory_gb=memory_gb, gpu=gpu,
+        )
+
+    def release(self, owner: Supervisor, model: str) -> None:
+        self._claims.pop((owner, model), None)
+
+    def claimed(self, owner: Supervisor) -> list[str]:
+        return [model for (who, model) in self._claims if who is owner]

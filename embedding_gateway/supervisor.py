@@ -150,6 +150,9 @@ class Supervisor(Upstream):
             for i in self.instances.values()
         ]
 
+    def has_waiters(self, model: str) -> bool:
+        return any(w.model == model for w in self.waiters)
+
     def _used_slots(self) -> set[int]:
         return {i.slot for i in self.instances.values()}
 
@@ -159,6 +162,9 @@ class Supervisor(Upstream):
     def _schedule(self) -> None:
         now = time.monotonic()
         self._grant_ready()
+        for model in self.ledger.claimed(self):
+            if not self.has_waiters(model):  # they timed out or went away
+                self.ledger.release(self, model)
         oldest: dict[str, float] = {}
         for w in self.waiters:
             oldest.setdefault(w.model, w.enqueued)
@@ -216,7 +222,7 @@ class Supervisor(Upstream):
 
     def _make_room(self, model: str, *, waited: float, now: float) -> bool:
         opts = self.backend.config.models[model]
-        ledger_views = self.ledger.views()
+        ledger_views = self.ledger.views(claimant=(self, model))
         shortfall = policy.memory_shortfall(
             self.ledger.budget(opts.gpu), [v for _, v in ledger_views], opts.gpu,
             opts.memory_gb or 0.0,
@@ -229,13 +235,15 @@ class Supervisor(Upstream):
         if shortfall > 0 and any(v.gpu == opts.gpu and v.state in ("draining", "stopping")
                                  for _, v in ledger_views):
             return False  # memory on this device is already being freed, maybe by another
-        waiting_models = {w.model for w in self.waiters}
         own = [v for v in self.views()
                if policy.evictable(v, now, self.cfg.min_loaded)
                and policy.may_displace(v, waited=waited, max_wait=self.cfg.max_wait,
-                                       has_waiters=v.model in waiting_models)]
-        others = [v for s, v in ledger_views if s is not self and v.inflight == 0
-                  and policy.evictable(v, now, s.cfg.min_loaded)] if shortfall > 0 else []
+                                       has_waiters=self.has_waiters(v.model))]
+        others = [v for s, v in ledger_views if s is not self
+                  and policy.evictable(v, now, s.cfg.min_loaded)
+                  and policy.may_displace(v, waited=waited, max_wait=self.cfg.max_wait,
+                                          has_waiters=s.has_waiters(v.model))
+                  ] if shortfall > 0 else []
         victims = policy.choose_victims(own + others, slots_needed=slots_needed,
                                         memory_needed=shortfall, gpu=opts.gpu)
         if victims is None:
@@ -243,6 +251,8 @@ class Supervisor(Upstream):
         for victim in victims:
             owner = next(s for s, v in ledger_views if v.instance == victim.instance)
             owner._retire(owner.instances[victim.instance])
+        if shortfall > 0:
+            self.ledger.claim(self, model, opts.gpu, opts.memory_gb or 0.0)
         self._swaps.setdefault(model, (now, [v.model for v in victims]))
         return False  # room comes when the victims have drained and stopped
 
@@ -260,6 +270,7 @@ class Supervisor(Upstream):
         task.add_done_callback(self._tasks.discard)
 
     def _start(self, model: str) -> None:
+        self.ledger.release(self, model)  # the instance itself holds the memory from now on
         slot = self.slots.free(self._used_slots())
         port = self.slots.port(slot)
         instance = Instance(f"{self.name}-{slot}", slot, model, port, self.slots.url(port))
@@ -506,6 +517,8 @@ class Supervisor(Upstream):
         if stop_instances:
             await asyncio.gather(*(self._discard(i) for i in list(self.instances.values())))
         await self.runtime.close()
+        for model in self.ledger.claimed(self):
+            self.ledger.release(self, model)
         self.ledger.supervisors.remove(self)
 
     # -- what /health and /v1/models show ---------------------------------------------

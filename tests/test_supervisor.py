@@ -124,6 +124,28 @@ async def test_a_stream_of_one_model_does_not_starve_another() -> None:
         assert runtime.starts[:2] == ["m-a", "m-b"]
 
 
+async def test_a_busy_backend_does_not_starve_another_on_the_same_gpu() -> None:
+    """``max_wait`` holds across backends that share a GPU budget, not only within one."""
+    runtime = FakeRuntime()
+    runtime.request_delay = {"m-a": 0.05}
+    on_gpu = {"memory_gb": 8, "gpu": "0"}
+    backends = {"t": backend(free_pair(), {"m-a": on_gpu}, max_wait=0.3, queue_timeout=8),
+                "u": backend(free_pair(), {"m-c": on_gpu}, max_wait=0.3, queue_timeout=8)}
+    async with gateway(runtime, backends, gpus={"0": {"memory_gb": 10}}) as client:
+        await client.ok("m-a")
+        done = asyncio.Event()
+
+        async def stream() -> None:
+            while not done.is_set():
+                await client.ok("m-a")
+
+        workers = [asyncio.create_task(stream()) for _ in range(4)]
+        await client.ok("m-c")  # before the fix: m-a was never idle, so this timed out (503)
+        done.set()
+        await asyncio.gather(*workers)
+        assert runtime.starts[:2] == ["m-a", "m-c"]
+
+
 async def test_a_slow_request_completes_before_its_instance_is_stopped() -> None:
     runtime = FakeRuntime()
     runtime.request_delay = {"m-a": 1.0}
