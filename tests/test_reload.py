@@ -36,12 +36,15 @@ async def embed(session: aiohttp.ClientSession, url: str, model: str, text: str)
         return body["data"][0]["embedding"]
 
 
+def one_managed_backend() -> dict[str, Any]:
+    """Backend ``m`` with model ``m-a``, managed through a ``FakeRuntime``."""
+    return {"server": {"playground": False},
+            "backends": {"m": fake_managed_backend(free_pair(), ["m-a"])}}
+
+
 async def test_an_unchanged_managed_backend_keeps_its_loaded_instance() -> None:
     runtime = FakeRuntime()
-    config: dict[str, Any] = {
-        "server": {"playground": False},
-        "backends": {"m": fake_managed_backend(free_pair(), ["m-a"])},
-    }
+    config = one_managed_backend()
     try:
         async with serve_fake(create_vllm_app("org/v", dims=DIMS)) as vllm, \
                 serve_app(config, runtime_factory=lambda _: runtime) as (url, app), \
@@ -108,10 +111,7 @@ async def test_a_changed_managed_backend_adopts_the_running_container(
 
 async def test_a_removed_managed_backend_stops_its_instances() -> None:
     runtime = FakeRuntime()
-    config: dict[str, Any] = {
-        "server": {"playground": False},
-        "backends": {"m": fake_managed_backend(free_pair(), ["m-a"])},
-    }
+    config = one_managed_backend()
     try:
         async with serve_fake(create_vllm_app("org/v", dims=DIMS)) as vllm, \
                 serve_app(config, runtime_factory=lambda _: runtime) as (url, app), \

@@ -105,22 +105,29 @@ async def queued_total(client: Client, count: int) -> bool:
     return sum(health["backends"]["t"]["queued"].values()) >= count
 
 
+async def served_amid_a_stream(client: Client, busy: str, other: str) -> None:
+    """Keep four clients asking for ``busy`` without pause while one asks for ``other``."""
+    await client.ok(busy)
+    done = asyncio.Event()
+
+    async def stream() -> None:
+        while not done.is_set():
+            await client.ok(busy)
+
+    workers = [asyncio.create_task(stream()) for _ in range(4)]
+    try:
+        await client.ok(other)
+    finally:
+        done.set()
+        await asyncio.gather(*workers)
+
+
 async def test_a_stream_of_one_model_does_not_starve_another() -> None:
     runtime = FakeRuntime()
     runtime.request_delay = {"m-a": 0.05}
     async with gateway(runtime, {"t": backend(free_pair(), MODELS, max_wait=0.3,
                                               queue_timeout=8)}) as client:
-        await client.ok("m-a")
-        done = asyncio.Event()
-
-        async def stream() -> None:
-            while not done.is_set():
-                await client.ok("m-a")
-
-        workers = [asyncio.create_task(stream()) for _ in range(4)]
-        await client.ok("m-b")
-        done.set()
-        await asyncio.gather(*workers)
+        await served_amid_a_stream(client, "m-a", "m-b")
         assert runtime.starts[:2] == ["m-a", "m-b"]
 
 
@@ -132,17 +139,7 @@ async def test_a_busy_backend_does_not_starve_another_on_the_same_gpu() -> None:
     backends = {"t": backend(free_pair(), {"m-a": on_gpu}, max_wait=0.3, queue_timeout=8),
                 "u": backend(free_pair(), {"m-c": on_gpu}, max_wait=0.3, queue_timeout=8)}
     async with gateway(runtime, backends, gpus={"0": {"memory_gb": 10}}) as client:
-        await client.ok("m-a")
-        done = asyncio.Event()
-
-        async def stream() -> None:
-            while not done.is_set():
-                await client.ok("m-a")
-
-        workers = [asyncio.create_task(stream()) for _ in range(4)]
-        await client.ok("m-c")  # before the fix: m-a was never idle, so this timed out (503)
-        done.set()
-        await asyncio.gather(*workers)
+        await served_amid_a_stream(client, "m-a", "m-c")
         assert runtime.starts[:2] == ["m-a", "m-c"]
 
 
