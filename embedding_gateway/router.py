@@ -107,6 +107,20 @@ class Router:
                     param="dimensions",
                 )
 
+    def _check_sizes(self, route: Route, sizes: list[int]) -> None:
+        """Every chunk's vectors are of one size, the configured one when it is known: else
+        the upstream changed model under us, and none of its vectors are used."""
+        native = route.options.dimensions
+        if len(set(sizes)) > 1 or (native is not None and sizes[0] != native):
+            self.metrics.upstream_error(backend=route.backend, kind="mismatch")
+            expected = f"configured as {native}-d" if native is not None else "one size"
+            raise UpstreamFailed(
+                f"upstream {route.backend!r} returned {'/'.join(map(str, sorted(set(sizes))))}-d "
+                f"vectors for {route.model!r}, {expected}; they were discarded",
+                code="model_mismatch",
+                upstream_kind="mismatch",
+            )
+
     async def embed(self, request: EmbeddingRequest, route: Route) -> Embeddings:
         upstream = self.upstreams[route.backend]
         backend = upstream.backend
@@ -128,16 +142,9 @@ class Router:
                 parts = await gather_in_order(
                     [one_chunk(base_url, chunk) for chunk in split_batch(request.inputs, limit)]
                 )
+            # inside the lease, so that the upstream is marked as serving something else
+            self._check_sizes(route, [p.vectors.shape[1] for p in parts])
         vectors = parts[0].vectors if len(parts) == 1 else np.vstack([p.vectors for p in parts])
-        native = route.options.dimensions
-        if native is not None and vectors.shape[1] != native:
-            self.metrics.upstream_error(backend=route.backend, kind="mismatch")
-            raise UpstreamFailed(
-                f"upstream {route.backend!r} returned {vectors.shape[1]}-d vectors for "
-                f"{route.model!r}, configured as {native}-d; they were discarded",
-                code="model_mismatch",
-                upstream_kind="mismatch",
-            )
         if request.dimensions is not None:
             if request.dimensions > vectors.shape[1]:
                 raise InvalidRequest(

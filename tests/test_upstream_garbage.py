@@ -86,3 +86,27 @@ async def test_a_malformed_model_list_does_not_stop_the_checks() -> None:
             async with session.post(f"{url}/v1/embeddings",
                                     json={"model": "m", "input": "x"}) as resp:
                 assert resp.status == 200
+
+
+async def test_chunks_of_different_sizes_are_a_mismatch_not_a_crash() -> None:
+    """The upstream changed model between two chunks of one request."""
+    sizes = iter([2, 3])
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(GOOD_MODELS)
+
+    async def embeddings(request: web.Request) -> web.Response:
+        return web.json_response(answer([item(0, [1.0] * next(sizes))]))
+
+    upstream = web.Application()
+    upstream.router.add_get("/v1/models", models)
+    upstream.router.add_post("/v1/embeddings", embeddings)
+    async with serve_fake(upstream) as base:
+        config = {"backends": {"o": {"kind": "openai", "base_url": base, "max_batch": 1,
+                                     "max_concurrency": 1, "models": {"m": {}}}}}
+        async with run_gateway(config) as url, aiohttp.ClientSession() as session:
+            request = {"model": "m", "input": ["a", "b"]}
+            async with session.post(f"{url}/v1/embeddings", json=request) as resp:
+                envelope = await resp.json()
+                assert resp.status == 502, envelope
+            assert envelope["error"]["code"] == "model_mismatch"
