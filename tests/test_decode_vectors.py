@@ -37,6 +37,8 @@ def test_rows_become_one_float32_matrix(values: list) -> None:
     ([["a", "b"]], 1, "neither a list of numbers nor base64"),
     (["not base64!"], 1, "neither a list of numbers nor base64"),
     ([None], 1, "neither a list of numbers nor base64"),
+    ([[0.1, float("nan")]], 1, "NaN or infinite"),
+    ([b64(np.array([np.inf, 0.0], dtype=np.float32))], 1, "NaN or infinite"),
 ])
 def test_broken_rows_are_an_upstream_failure(values: list, expected: int, message: str) -> None:
     with pytest.raises(UpstreamFailed, match=message):

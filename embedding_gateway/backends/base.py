@@ -113,12 +113,16 @@ def decode_vectors(values: list[Any], expected: int, where: str) -> np.ndarray:
     or broken rows) goes through ``stack``, which names the problem.
     """
     try:
-        return _decode(values, expected, where)
+        matrix = _decode(values, expected, where)
     except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
         raise UpstreamFailed(
             f"{where} returned a vector that is neither a list of numbers nor base64",
             upstream_kind="bad_response",
         ) from exc
+    if not np.isfinite(matrix).all():
+        raise UpstreamFailed(f"{where} returned a vector with NaN or infinite values",
+                             upstream_kind="bad_response")
+    return matrix
 
 
 def _decode(values: list[Any], expected: int, where: str) -> np.ndarray:
