@@ -50,7 +50,6 @@ class Supervisor(Upstream):
     ) -> None:
         super().__init__(backend)
         assert backend.config.managed is not None
-        self.managed = True
         self.cfg = backend.config.managed
         self.runtime = runtime
         self.metrics = metrics

@@ -84,7 +84,8 @@ class Upstream(ABC):
 
     @property
     def can_serve(self) -> bool:
-        return any(self.model_state(m).healthy for m in self.backend.config.models)
+        models = self.backend.config.models
+        return any(self.model_state(m).healthy for m in models) or bool(self.discovered())
 
 
 class RemoteUpstream(Upstream):

@@ -62,3 +62,18 @@ async def test_without_discover_only_configured_models_exist(gateway: GatewayFac
             body = {"model": "nomic-embed-text", "input": "x"}
             async with session.post(f"{url}/v1/embeddings", json=body) as resp:
                 assert resp.status == 404
+
+
+async def test_a_backend_with_only_discovered_models_is_ready(gateway: GatewayFactory) -> None:
+    async with serve_fake(create_ollama_app({"bge-m3": 8})) as ollama:
+        config = {"backends": {"ollama": {"kind": "ollama", "base_url": ollama,
+                                          "discover": True}}}
+        async with gateway(config) as url, aiohttp.ClientSession() as session:
+            for _ in range(50):
+                async with session.get(f"{url}/health/ready") as resp:
+                    status, body = resp.status, await resp.json()
+                if status == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert status == 200, body
+            assert body["serving_backends"] == ["ollama"]
