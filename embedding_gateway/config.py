@@ -152,8 +152,10 @@ class BackendConfig(_Strict):
 
     @model_validator(mode="after")
     def _kind_rules(self) -> BackendConfig:
-        if self.managed and self.kind in ("ollama",):
+        if self.managed and self.kind == "ollama":
             raise ValueError("ollama backends are never managed; remove 'managed'")
+        if self.kind != "ollama" and (self.discover or self.keep_alive is not None):
+            raise ValueError("discover and keep_alive are for ollama backends only")
         if not self.models and not self.discover:
             raise ValueError("a backend needs at least one model (or discover: true)")
         return self

@@ -207,3 +207,13 @@ def test_a_blank_api_key_is_rejected() -> None:
         parse_config(document, env={})
     [problem] = caught.value.problems
     assert problem.startswith("server.api_keys[0]: String should have at least 1 character")
+
+
+def test_ollama_only_keys_on_another_kind_are_rejected() -> None:
+    document = {"backends": {"t": {"kind": "tei", "base_url": "http://127.0.0.1:8080",
+                                   "discover": True, "models": {"m": {}}}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={})
+    assert caught.value.problems == [
+        "backends.t: Value error, discover and keep_alive are for ollama backends only"
+    ]
