@@ -89,6 +89,10 @@ class ModelConfig(_Strict):
     keep_alive: str | int | None = None  # Ollama only
 
 
+DOCKER_ONLY = ("image", "args", "container_port", "gpus", "volumes", "docker_host", "init",
+               "shm_size", "pull")
+
+
 class ManagedConfig(_Strict):
     runtime: Literal["docker", "process"]
     # docker
@@ -122,6 +126,10 @@ class ManagedConfig(_Strict):
             raise ValueError("runtime docker needs 'image'")
         if self.runtime == "process" and not self.command:
             raise ValueError("runtime process needs 'command'")
+        other = DOCKER_ONLY if self.runtime == "process" else ("command",)
+        misplaced = sorted(self.model_fields_set & set(other))
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: not used by runtime {self.runtime}")
         if self.ports and self.ports[0] > self.ports[1]:
             raise ValueError("ports must be [low, high]")
         if self.ports and self.ports[1] - self.ports[0] + 1 < self.max_instances:

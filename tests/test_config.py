@@ -217,3 +217,15 @@ def test_ollama_only_keys_on_another_kind_are_rejected() -> None:
     assert caught.value.problems == [
         "backends.t: Value error, discover and keep_alive are for ollama backends only"
     ]
+
+
+def test_keys_of_the_other_runtime_are_rejected() -> None:
+    document = {"backends": {"t": {"kind": "tei", "base_url": "http://127.0.0.1:8080",
+                                   "managed": {"runtime": "process", "command": ["serve"],
+                                               "gpus": "all", "image": "x:1"},
+                                   "models": {"m": {}}}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={})
+    assert caught.value.problems == [
+        "backends.t.managed: Value error, gpus, image: not used by runtime process"
+    ]
