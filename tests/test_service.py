@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -397,3 +398,44 @@ async def test_metrics_move_and_need_the_key_unless_public(
         status, _ = await embed(session, gw, "a", ["x"])
         assert status == 401  # only /metrics became public
 
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def test_a_killed_gateway_takes_its_managed_processes_with_it(
+    notify: NotifyListener, gateway_process: GatewayFactory
+) -> None:
+    """SIGKILL leaves no cleanup to the gateway; the kernel ends its model servers."""
+    if not shutil.which("setpriv"):
+        pytest.skip("util-linux setpriv is not installed")
+    port = free_port()
+    backend = {
+        "kind": "vllm",
+        "base_url": f"http://127.0.0.1:{port}",
+        "managed": {"runtime": "process", "start_timeout": 20,
+                    "command": [sys.executable, "-m", "tests.fakes.vllm", "--model", "{model}",
+                                "--port", "{port}"]},
+        "models": {"m": {"preload": True}},
+    }
+    gw = gateway_process()
+    await start(gw, notify, gateway_config(gw.port, {"p": backend}, ready_after_preload=True))
+    [started] = [e for e in gw.log_events() if e.get("event") == "process_started"]
+    child = int(started["pid"])
+    assert running(child)
+    try:
+        gw.signal(signal.SIGKILL)
+        await gw.wait()
+        deadline = time.monotonic() + WAIT
+        while running(child):
+            assert time.monotonic() < deadline, f"model server {child} outlived the gateway"
+            await asyncio.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

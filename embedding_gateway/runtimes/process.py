@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ from .base import FoundInstance, InstanceHandle, InstanceSpec
 from .secrets import scrub
 
 LOG_LINES = 200
+# util-linux's setpriv makes the kernel send SIGTERM to the child when the gateway dies
+# without cleaning up (SIGKILL, OOM): no orphaned model servers holding a GPU. It execs the
+# command, so the pid and process group are the command's own.
+_SETPRIV = shutil.which("setpriv")
+DIE_WITH_PARENT = (_SETPRIV, "--pdeathsig", "TERM", "--") if _SETPRIV else ()
 _GROUP_POLL = 0.05
 _DRAIN_TIMEOUT = 1.0
 _KILL_WAIT = 5.0
@@ -109,9 +115,11 @@ class ProcessRuntime:
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
         command = [fill(part, spec) for part in spec.managed.command]
         env = child_environ({name: fill(value, spec) for name, value in spec.managed.env.items()})
+        if shutil.which(command[0], path=env.get("PATH")) is None:  # setpriv would just exit
+            raise RuntimeStartError(f"command {command[0]!r} not found or not executable")
         try:
             process = await asyncio.create_subprocess_exec(
-                *command,
+                *DIE_WITH_PARENT, *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
