@@ -30,6 +30,7 @@ class Instance:
     since: float = field(default_factory=time.time)
     ready_since: float | None = None
     last_used: float = field(default_factory=time.monotonic)
+    dead: bool = False  # exited on its own; its slot is freed once no lease holds it
 
 
 @dataclass

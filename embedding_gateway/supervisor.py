@@ -394,8 +394,11 @@ class Supervisor(Upstream):
                     await self._wake.wait()
 
     async def _died(self, instance: Instance) -> bool:
-        """Whether a serving instance has exited; if so it is forgotten, so the next request
-        for its model starts it again."""
+        """Whether a serving instance has exited. A dead one takes no more leases and is
+        stopped, and its slot freed, once the requests holding it are done: its port is not
+        given to another model while a request may still send to it."""
+        if instance.dead:
+            return True
         if instance.state not in ("ready", "draining") or instance.handle is None:
             return False
         try:
@@ -405,14 +408,14 @@ class Supervisor(Upstream):
             log.warning("instance_state_unknown", backend=self.name, instance=instance.id,
                         reason=str(exc))
             return False
-        if instance.state not in ("ready", "draining"):
-            return False  # stopped on purpose meanwhile, or already forgotten
+        if instance.dead or instance.state not in ("ready", "draining"):
+            return instance.dead  # noticed meanwhile, or stopped on purpose
         log.warning("instance_died", backend=self.name, instance=instance.id)
-        instance.state = "stopping"
+        instance.dead = True
+        instance.state, instance.since = "draining", time.time()
         self.last_error[instance.model] = (time.time(), "the instance exited")
-        await self._discard(instance)
-        self._publish(instance.model, "idle")
-        self._wake.set()
+        self._publish(instance.model, "draining")
+        self._wake.set()  # _schedule stops it when its last lease is released
         return True
 
     async def _check_dead(self) -> None:

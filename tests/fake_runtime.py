@@ -58,9 +58,16 @@ class FakeRuntime:
         await self._bind(instance, model)
         return ref
 
-    async def kill(self, model: str) -> None:
-        """End every running instance of ``model`` as if killed from outside."""
+    def hang(self, model: str) -> None:
+        """Requests to running instances of ``model`` get no answer until they end."""
         for instance in self._instances.values():
+            if instance.model == model and instance.runner is not None:
+                instance.runner.app[TEI_STATE].hang = True
+
+    async def kill(self, model: str) -> None:
+        """End every running instance of ``model`` as if killed from outside: requests it
+        was answering are cut off."""
+        for instance in list(self._instances.values()):  # stops may run meanwhile
             if instance.model == model and instance.alive:
                 instance.alive = False
                 await self._unbind(instance)

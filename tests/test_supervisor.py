@@ -494,3 +494,38 @@ async def test_a_swap_is_logged_and_counted_once_with_its_durations() -> None:
         [count] = [s.value for s in families["embedding_gateway_swap_duration_seconds"].samples
                    if s.name.endswith("_count")]
         assert count == 1
+
+
+async def test_every_request_on_an_instance_that_dies_gets_a_retryable_503() -> None:
+    runtime = FakeRuntime()
+    async with gateway(runtime, {"t": backend(free_pair(), ["m-a"])}) as client:
+        await client.ok("m-a")
+        runtime.hang("m-a")
+        requests = [asyncio.create_task(client.embed("m-a")) for _ in range(3)]
+        await until(lambda: inflight(client, "m-a"), "requests in flight")
+        await runtime.kill("m-a")
+        for status, body, headers in await asyncio.gather(*requests):
+            assert status == 503 and headers.get("Retry-After"), body
+        await client.ok("m-a")  # and the next one starts it again
+
+
+async def test_a_dead_instance_keeps_its_slot_while_a_request_holds_it() -> None:
+    """Its port must not go to another model while a leased request may still send to it."""
+    runtime = FakeRuntime()
+    runtime.request_delay = {"m-b": 2.0}
+    b = backend(free_pair(), MODELS, max_instances=2)
+    b["max_concurrency"] = 1  # a leased request for m-a queues behind m-b's
+    async with gateway(runtime, {"t": b}) as client:
+        await client.ok("m-a")
+        await client.ok("m-b")
+        slow_b = asyncio.create_task(client.embed("m-b"))
+        await until(lambda: inflight(client, "m-b"), "m-b busy")
+        for_a = asyncio.create_task(client.embed("m-a", "for a"))
+        await until(lambda: inflight(client, "m-a"), "m-a leased")
+        await runtime.kill("m-a")
+        await until(lambda: has_state(client, "m-a", "draining"), "m-a seen dead")
+        for_c = asyncio.create_task(client.ok("m-c"))
+        status, body, _ = await for_a
+        assert status == 503, body  # never sent to m-c on m-a's port
+        assert (await slow_b)[0] == 200
+        await for_c
