@@ -169,10 +169,19 @@ class RemoteUpstream(Upstream):
 
     async def refresh(self) -> Probe:
         """Probe now; concurrent callers share one probe. A caller's cancellation (a client
-        that went away) does not cancel the probe others wait on."""
+        that went away) does not cancel the probe others wait on; a probe cancelled because
+        this upstream closed (a reload) answers its callers with a retryable 503."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self._run_probe())
-        return await asyncio.shield(self._refreshing)
+        probe = self._refreshing
+        try:
+            return await asyncio.shield(probe)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if probe.cancelled() and not (current is not None and current.cancelling()):
+                raise Unavailable(f"backend {self.name!r} was reconfigured; retry",
+                                  retry_after=1) from None
+            raise
 
     def _blocker(self, model: str) -> str | None:
         """Why a request for ``model`` must not be sent now, if it must not."""
@@ -200,14 +209,14 @@ class RemoteUpstream(Upstream):
 
     @asynccontextmanager
     async def lease(self, model: str) -> AsyncIterator[str]:
-        if self._problem(model) is not None:
-            await self.refresh()
-        problem = self._blocker(model)
-        if problem is not None:
-            raise self._refusal(model, problem)
-        self._inflight += 1
+        self._inflight += 1  # counted from here, so that a retirement waits for it
         self._idle.clear()
         try:
+            if self._problem(model) is not None:
+                await self.refresh()
+            problem = self._blocker(model)
+            if problem is not None:
+                raise self._refusal(model, problem)
             yield self.base_url
         except UpstreamFailed as exc:
             if exc.code == "model_mismatch" and self._probe is not None:

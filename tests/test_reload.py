@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import docker
 import pytest
+from aiohttp import web
 
 from embedding_gateway.config import ManagedConfig, parse_config
 from embedding_gateway.state import GATEWAY
@@ -21,6 +22,7 @@ from tests.docker_support import (
 )
 from tests.fake_runtime import FakeRuntime
 from tests.fakes import serve_fake
+from tests.fakes.tei import create_tei_app
 from tests.fakes.vectors import which_model
 from tests.fakes.vllm import create_vllm_app
 from tests.ports import free_pair, free_port
@@ -156,3 +158,33 @@ async def test_requests_still_queued_when_the_drain_ends_get_a_503() -> None:
             assert "shutting down" in body["error"]["message"]
     finally:
         await runtime.shutdown()
+
+
+async def test_a_request_waiting_for_a_remote_check_survives_a_reload() -> None:
+    """It waited on the backend's first check when the reload retired that backend."""
+    app = create_tei_app("org/t", dims=DIMS)
+
+    @web.middleware
+    async def slow_info(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/info":
+            await asyncio.sleep(1.0)
+        return await handler(request)
+
+    app.middlewares.append(slow_info)
+    async with serve_fake(app) as tei:
+        config: dict[str, Any] = {
+            "server": {"playground": False, "health_timeout": 5},
+            "backends": {"r": {"kind": "tei", "base_url": tei, "models": {"org/t": {}}}},
+        }
+        async with serve_app(config) as (url, gateway_app), aiohttp.ClientSession() as session:
+            async def embed_once() -> int:
+                async with session.post(f"{url}/v1/embeddings",
+                                        json={"model": "org/t", "input": "x"}) as resp:
+                    await resp.read()
+                    return resp.status
+
+            request = asyncio.create_task(embed_once())
+            await asyncio.sleep(0.3)  # it now waits on the check of /info
+            config["backends"]["r"]["max_concurrency"] = 8  # the backend changes
+            await gateway_app[GATEWAY].reload(parse_config(config, env={}))
+            assert await request in (200, 503)  # answered either way, never cut off
