@@ -153,6 +153,8 @@ async def serve(path: str, config: GatewayConfig) -> int:
     await asyncio.gather(*tasks, return_exceptions=True)
     if reloading is not None and not reloading.done():
         await asyncio.wait({reloading}, timeout=config.server.shutdown_timeout)
+        reloading.cancel()  # what it still held is closed with the gateway below
+        await asyncio.gather(reloading, return_exceptions=True)
     # Still listening while draining: late requests get 503 + Retry-After rather than a
     # refused connection, and /health says so, until the last request in flight is done.
     left = await gateway.drain(config.server.shutdown_timeout)

@@ -52,6 +52,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.ledger = DeviceLedger(self.config.gpus)
+        self._retiring: set[Upstream] = set()  # leaving after a reload
         self._requests = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -108,7 +109,7 @@ class Gateway:
             await upstream.start()
 
     async def close(self) -> None:
-        for upstream in self.upstreams.values():
+        for upstream in [*self.upstreams.values(), *self._retiring]:
             await upstream.close()
 
     async def reload(self, new: GatewayConfig) -> None:
@@ -137,10 +138,14 @@ class Gateway:
             if successor is not None and not successor.managed:
                 await successor.start()
                 successor = None
-            if previous is not None:
-                await previous.retire(new.server.shutdown_timeout, successor=name in fresh)
-            if successor is not None:
-                await successor.start()
+            try:
+                if previous is not None:
+                    self._retiring.add(previous)  # closed by close() if a stop comes first
+                    await previous.retire(new.server.shutdown_timeout, successor=name in fresh)
+                    self._retiring.discard(previous)
+            finally:
+                if successor is not None:  # even when the retirement failed
+                    await successor.start()
 
         await asyncio.gather(*(replace(name) for name in retiring.keys() | fresh.keys()))
         log.info("reload_applied", kept=sorted(kept), started=sorted(fresh),

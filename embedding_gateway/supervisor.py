@@ -36,6 +36,7 @@ from .upstream import ModelState, Upstream
 log = structlog.get_logger("embedding_gateway.supervisor")
 
 FIRST_POLL, MAX_POLL = 0.05, 1.0  # health polling: fast at first, then back off
+CANCELLED_START_WAIT = 60.0  # how long a cancelled start waits for the runtime to finish
 
 
 class Supervisor(Upstream):
@@ -53,6 +54,7 @@ class Supervisor(Upstream):
         self.cfg = backend.config.managed
         self.runtime = runtime
         self.metrics = metrics
+        self._stops: set[asyncio.Task[None]] = set()
         self.probe_timeout = probe_timeout
         self.ledger = ledger or DeviceLedger({})
         self.ledger.supervisors.append(self)
@@ -289,13 +291,19 @@ class Supervisor(Upstream):
 
     async def _run_start(self, instance: Instance) -> None:
         started = time.monotonic()
+        # The runtime's start runs on (a Docker call in a thread finishes even if its waiter
+        # is cancelled); a cancelled start waits for it, bounded, to stop what it started.
+        starting = asyncio.ensure_future(self.runtime.start(self._spec(instance)))
         try:
-            instance.handle = await self.runtime.start(self._spec(instance))
+            instance.handle = await asyncio.shield(starting)
             await self._wait_healthy(instance, started + self.cfg.start_timeout)
         except (RuntimeStartError, GatewayError, OSError) as exc:
             await self._start_failed(instance, str(exc))
             return
         except asyncio.CancelledError:
+            if instance.handle is None:
+                with suppress(Exception):
+                    instance.handle = await asyncio.wait_for(starting, CANCELLED_START_WAIT)
             await self._discard(instance)
             raise
         except Exception as exc:  # a bug must not leave the instance "starting" forever
@@ -370,7 +378,9 @@ class Supervisor(Upstream):
 
     def _stop(self, instance: Instance) -> None:
         instance.state, instance.since = "stopping", time.time()
-        self._spawn(self._run_stop(instance))
+        task = asyncio.create_task(self._run_stop(instance))
+        self._stops.add(task)  # never cancelled: close() waits for it instead
+        task.add_done_callback(self._stops.discard)
 
     async def _run_stop(self, instance: Instance) -> None:
         started = time.monotonic()
@@ -378,7 +388,8 @@ class Supervisor(Upstream):
         self._publish(instance.model, "idle")
         log.info("instance_stopped", backend=self.name, model=instance.model,
                  instance=instance.id, seconds=round(time.monotonic() - started, 3))
-        self._wake.set()
+        for supervisor in self.ledger.supervisors:  # the freed memory may be another's wait
+            supervisor._wake.set()
 
     def _publish(self, model: str, state: str) -> None:
         self.metrics.set_instance_state(backend=self.name, model=model, state=state)
@@ -388,7 +399,10 @@ class Supervisor(Upstream):
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            self._schedule()
+            try:
+                self._schedule()
+            except Exception:  # a bug must not stop scheduling for good; log it, go on
+                log.exception("schedule_error", backend=self.name)
             with suppress(TimeoutError):
                 async with asyncio.timeout(0.25):  # timers: fairness, min_loaded, idle
                     await self._wake.wait()
@@ -426,6 +440,8 @@ class Supervisor(Upstream):
                 await self._died(instance)
 
     async def start(self) -> None:
+        if self.closed:  # closed before it was started (a stop during a reload)
+            return
         await self._adopt()
         self._loop_task = asyncio.create_task(self._loop(), name=f"supervisor-{self.name}")
         self._spawn(self._check_dead())
@@ -507,6 +523,9 @@ class Supervisor(Upstream):
 
     async def close(self, *, stop_instances: bool | None = None) -> None:
         """Stop background work; stop the instances per ``on_shutdown`` unless told."""
+        if self.closed:
+            return
+        self.closed = True
         if stop_instances is None:
             stop_instances = self.cfg.on_shutdown == "stop" or self.cfg.runtime == "process"
         tasks = [*self._preloads, *self._tasks]
@@ -515,6 +534,7 @@ class Supervisor(Upstream):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._stops, return_exceptions=True)
         self.refuse_waiting("the gateway is shutting down; retry")
         if stop_instances:
             await asyncio.gather(*(self._discard(i) for i in list(self.instances.values())))

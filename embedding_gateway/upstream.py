@@ -45,6 +45,7 @@ class Upstream(ABC):
         self.name = backend.name
         self.managed = backend.config.managed is not None
         self.semaphore = asyncio.Semaphore(backend.config.max_concurrency)
+        self.closed = False
 
     @abstractmethod
     async def start(self) -> None:
@@ -107,6 +108,8 @@ class RemoteUpstream(Upstream):
         self._idle.set()
 
     async def start(self) -> None:
+        if self.closed:  # closed before it was started (a stop during a reload)
+            return
         self._loop_task = asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}")
         self._preload = asyncio.create_task(self._run_preloads())
 
@@ -132,6 +135,9 @@ class RemoteUpstream(Upstream):
         await self.close()
 
     async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         for task in (self._loop_task, self._refreshing, self._preload):
             if task is not None:
                 task.cancel()

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from embedding_gateway.config import ManagedConfig, parse_config
+from embedding_gateway.runtimes.base import InstanceHandle, InstanceSpec
 from embedding_gateway.state import GATEWAY
 from tests.conftest import serve_app
 from tests.docker_support import (
@@ -188,3 +189,50 @@ async def test_a_request_waiting_for_a_remote_check_survives_a_reload() -> None:
             config["backends"]["r"]["max_concurrency"] = 8  # the backend changes
             await gateway_app[GATEWAY].reload(parse_config(config, env={}))
             assert await request in (200, 503)  # answered either way, never cut off
+
+
+async def test_a_gateway_closed_during_a_reload_starts_nothing_afterwards() -> None:
+    runtime = FakeRuntime()
+    runtime.stop_delay = {"m-a": 1.0}
+    config = one_managed_backend()
+    config["server"]["shutdown_timeout"] = 0.2
+    try:
+        async with serve_app(config, runtime_factory=lambda _: runtime) as (_url, app):
+            gateway = app[GATEWAY]
+            async with gateway.upstreams["m"].lease("m-a"):
+                pass
+            config["backends"]["m"]["models"]["m-p"] = {"preload": True}
+            reload = asyncio.create_task(gateway.reload(parse_config(config, env={})))
+            await asyncio.sleep(0.4)  # the old supervisor is stopping m-a
+            successor = gateway.upstreams["m"]
+        # the gateway has closed (what a SIGTERM does); the reload then finishes
+        await reload
+        await asyncio.sleep(0.3)
+        assert runtime.starts == ["m-a"]  # no preload of m-p after the close
+        assert successor.closed
+    finally:
+        await runtime.shutdown()
+
+
+async def test_a_start_cancelled_by_close_still_stops_what_it_started() -> None:
+    """Docker's blocking start goes on in its thread after its waiter is cancelled."""
+
+    class ThreadLikeRuntime(FakeRuntime):
+        async def start(self, spec: InstanceSpec) -> InstanceHandle:
+            async def in_a_thread() -> InstanceHandle:
+                await asyncio.sleep(1.0)
+                return await FakeRuntime.start(self, spec)
+
+            return await asyncio.shield(asyncio.ensure_future(in_a_thread()))
+
+    runtime = ThreadLikeRuntime()
+    config = one_managed_backend()
+    config["backends"]["m"]["models"]["m-a"] = {"preload": True}
+    try:
+        async with serve_app(config, runtime_factory=lambda _: runtime):
+            await asyncio.sleep(0.3)  # the preload's start is under way; now the gateway stops
+        await asyncio.sleep(1.2)  # long enough for a start left behind to have finished
+        assert runtime.running() == []
+        assert runtime.stops == ["m-a"]
+    finally:
+        await runtime.shutdown()

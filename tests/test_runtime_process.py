@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 
@@ -163,3 +165,19 @@ async def test_close_stops_every_process(runtime: ProcessRuntime) -> None:
     for handle in handles:
         assert not group_exists(int(handle.ref))
         assert not await runtime.is_alive(handle)
+
+
+async def test_a_stop_cut_short_is_finished_by_the_next(runtime: ProcessRuntime) -> None:
+    """A process that ignores SIGTERM, whose first stop is cancelled before the SIGKILL."""
+    handle = await runtime.start(sh("trap '' TERM; sleep 30 & wait; sleep 30"))
+    await asyncio.sleep(0.2)  # the trap is set
+    first = asyncio.create_task(runtime.stop(handle, grace=5))
+    await asyncio.sleep(0.3)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    try:
+        await runtime.stop(handle, grace=0.5)
+        assert not group_exists(int(handle.ref))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(handle.ref), signal.SIGKILL)

@@ -144,7 +144,9 @@ class ProcessRuntime:
         await self._stop(handle.ref, grace)
 
     async def _stop(self, ref: str, grace: float) -> None:
-        running = self._running.pop(ref, None)
+        """SIGTERM to the group, SIGKILL after ``grace``; it is forgotten only once gone, so a
+        stop cut short leaves it for ``close()`` to finish."""
+        running = self._running.get(ref)
         if running is None:
             return
         process = running.process
@@ -159,6 +161,7 @@ class ProcessRuntime:
             _signal_group(pgid, signal.SIGKILL)
             await _group_gone(pgid, loop.time() + _KILL_WAIT)
         await process.wait()
+        self._running.pop(ref, None)
         await _drain(running, cancel=True)
         log.info("process_stopped", pid=process.pid, returncode=process.returncode)
 
