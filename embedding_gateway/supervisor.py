@@ -450,9 +450,15 @@ class Supervisor(Upstream):
                 self._preloads.append(asyncio.create_task(self._preload(model)))
 
     async def _preload(self, model: str) -> None:
-        with suppress(GatewayError):
-            async with self.lease(model):
-                pass
+        """Load ``model`` and return when it is loaded or has failed: a wait in the queue that
+        ends (``queue_timeout``) while it is still loading is waited again."""
+        while True:
+            try:
+                async with self.lease(model):
+                    return
+            except GatewayError:
+                if self.model_state(model).state != "loading":
+                    return
 
     async def wait_preloaded(self) -> None:
         await asyncio.gather(*self._preloads, return_exceptions=True)

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from embedding_gateway.runtimes.base import FoundInstance
-from tests.conftest import run_gateway
+from embedding_gateway.state import GATEWAY
+from tests.conftest import run_gateway, serve_app
 from tests.fake_runtime import FakeRuntime
 from tests.fakes.vectors import which_model
 from tests.ports import free_pair
@@ -529,3 +530,20 @@ async def test_a_dead_instance_keeps_its_slot_while_a_request_holds_it() -> None
         assert status == 503, body  # never sent to m-c on m-a's port
         assert (await slow_b)[0] == 200
         await for_c
+
+
+async def test_waiting_for_preloads_outlasts_the_queue_timeout() -> None:
+    """READY (with ready_after_preload) waits for the load itself, however long it takes
+    within start_timeout."""
+    runtime = FakeRuntime()
+    runtime.start_delay = {"m-a": 1.0}
+    config = {"server": {"playground": False, "health_timeout": 1},
+              "backends": {"t": backend(free_pair(), {"m-a": {"preload": True}},
+                                        queue_timeout=0.3, start_timeout=5)}}
+    try:
+        async with serve_app(config, runtime_factory=lambda _: runtime) as (_url, app):
+            gateway_state = app[GATEWAY]
+            await gateway_state.wait_preloaded()
+            assert gateway_state.upstreams["t"].model_state("m-a").state == "loaded"
+    finally:
+        await runtime.shutdown()
