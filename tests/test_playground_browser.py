@@ -316,8 +316,8 @@ async def test_api_key_field_makes_requests_work(
 
         await page.fill("[data-testid=api-key]", "sk-wrong")
         await page.click("[data-testid=api-key-apply]")
-        await page.wait_for_function(
-            "document.querySelector('[data-testid=page-error]').textContent.includes('refused')")
+        # a selector, not wait_for_function: that polls with eval, which the page's CSP refuses
+        await page.wait_for_selector("[data-testid=page-error]:has-text('refused')")
 
         await page.fill("[data-testid=api-key]", API_KEY)
         await page.click("[data-testid=api-key-apply]")
