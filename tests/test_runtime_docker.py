@@ -237,7 +237,8 @@ async def test_a_leftover_container_with_the_same_name_is_replaced(
     await runtime.stop(second, grace=0)
 
 
-@pytest.mark.parametrize("docker_host", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:{port}"])
+@pytest.mark.parametrize("docker_host", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:{port}",
+                                         "ssh://nobody@127.0.0.1:{port}"])
 async def test_an_unreachable_daemon_is_a_clear_start_error(docker_host: str) -> None:
     host = docker_host.format(port=free_port())
     managed = ManagedConfig(runtime="docker", image="any:latest", docker_host=host)
@@ -246,6 +247,7 @@ async def test_an_unreachable_daemon_is_a_clear_start_error(docker_host: str) ->
     with pytest.raises(RuntimeStartError) as caught:
         await runtime.start(spec_for(managed))
     assert f"cannot reach the Docker daemon at {host}" in str(caught.value)
+    assert "paramiko" not in str(caught.value)  # ssh:// is supported, just not reachable
     await runtime.close()
 
 
@@ -258,3 +260,16 @@ def test_gpus_become_device_requests() -> None:
 
 def test_container_names_are_sanitised() -> None:
     assert container_name("tei", "tei/0 a") == "embedding-gateway-tei-tei-0-a"
+
+
+def test_an_engine_named_by_docker_host_in_the_environment_is_remote(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ports are bound to 127.0.0.1 only when the engine is on this host."""
+    monkeypatch.setenv("DOCKER_HOST", "tcp://gpu-host:2376")
+    from_env = DockerRuntime(ManagedConfig(runtime="docker", image="x:1"))
+    assert not from_env._local and "tcp://gpu-host:2376" in repr(from_env)
+    monkeypatch.delenv("DOCKER_HOST")
+    assert DockerRuntime(ManagedConfig(runtime="docker", image="x:1"))._local
+    unix = ManagedConfig(runtime="docker", image="x:1", docker_host="unix:///run/docker.sock")
+    assert DockerRuntime(unix)._local

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -82,19 +83,27 @@ class DockerRuntime:
         return f"DockerRuntime(docker_host={self._where!r})"
 
     @property
+    def _engine(self) -> str | None:
+        """The engine's address: ``docker_host``, else ``DOCKER_HOST`` (the SDK's default)."""
+        return self._docker_host or os.environ.get("DOCKER_HOST") or None
+
+    @property
     def _where(self) -> str:
-        return self._docker_host or "the local socket"
+        return self._engine or "the local socket"
 
     @property
     def _local(self) -> bool:
-        return self._docker_host is None or self._docker_host.startswith("unix://")
+        """Whether the engine runs on this host: then ports are bound to 127.0.0.1 only."""
+        engine = self._engine
+        return engine is None or engine.startswith("unix://")
 
     def _connect(self) -> docker.DockerClient:
-        if self._docker_host is None:
-            client = docker.from_env()
-        else:
-            ssh = self._docker_host.startswith("ssh://")
-            client = docker.DockerClient(base_url=self._docker_host, use_ssh_client=ssh)
+        # from_env reads DOCKER_TLS_VERIFY and DOCKER_CERT_PATH too: a tcp:// engine on 2376
+        # speaks TLS when they are set. ssh:// needs paramiko (the docker[ssh] extra).
+        environment = dict(os.environ)
+        if self._docker_host is not None:
+            environment["DOCKER_HOST"] = self._docker_host
+        client = docker.from_env(environment=environment)
         client.ping()
         return client
 
@@ -173,6 +182,8 @@ class DockerRuntime:
             if any(marker in reason for marker in _PORT_TAKEN):
                 raise RuntimeStartError(self._port_taken(spec.host_port)) from None
             message = f"container {name} could not be started: {reason}"
+            if "could not select device driver" in reason:
+                message += "; the Docker host has no GPU runtime (set gpus: none, or install it)"
             raise RuntimeStartError(scrub(message, env)) from None
         log.info("container_started", container=name, image=image, host_port=spec.host_port,
                  docker_host=self._where)
@@ -261,7 +272,7 @@ class DockerRuntime:
         client = await self._docker()
         with self._api_errors("listing containers"):
             containers = await self._call(
-                client.containers.list, all=True,
+                client.containers.list, all=True, ignore_removed=True,
                 filters={"label": f"{LABEL_BACKEND}={backend}"})
         return [self._found(container) for container in containers]
 
