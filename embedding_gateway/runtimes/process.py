@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
+import subprocess
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -26,17 +28,26 @@ from .base import FoundInstance, InstanceHandle, InstanceSpec
 from .secrets import scrub
 
 LOG_LINES = 200
-# util-linux's setpriv makes the kernel send SIGTERM to the child when the gateway dies
-# without cleaning up (SIGKILL, OOM): no orphaned model servers holding a GPU. It execs the
-# command, so the pid and process group are the command's own.
-_SETPRIV = shutil.which("setpriv")
-DIE_WITH_PARENT = (_SETPRIV, "--pdeathsig", "TERM", "--") if _SETPRIV else ()
+
 _GROUP_POLL = 0.05
 _DRAIN_TIMEOUT = 1.0
 _KILL_WAIT = 5.0
 _CLOSE_GRACE = 5.0
 
 log = structlog.get_logger(__name__)
+
+
+@functools.cache
+def die_with_parent() -> tuple[str, ...]:
+    """A prefix that makes the kernel send SIGTERM to the child when the gateway dies without
+    cleaning up (SIGKILL, OOM): no orphaned model servers holding a GPU. util-linux's setpriv
+    (2.33 or later) execs the command, so pid and process group stay the command's own.
+    Empty where setpriv or its --pdeathsig is missing."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    usage = subprocess.run([setpriv, "--help"], capture_output=True, text=True, check=False)
+    return (setpriv, "--pdeathsig", "TERM", "--") if "--pdeathsig" in usage.stdout else ()
 
 
 @dataclass
@@ -119,7 +130,7 @@ class ProcessRuntime:
             raise RuntimeStartError(f"command {command[0]!r} not found or not executable")
         try:
             process = await asyncio.create_subprocess_exec(
-                *DIE_WITH_PARENT, *command,
+                *await asyncio.to_thread(die_with_parent), *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
