@@ -181,3 +181,14 @@ async def test_a_stop_cut_short_is_finished_by_the_next(runtime: ProcessRuntime)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(int(handle.ref), signal.SIGKILL)
+
+
+async def test_a_secret_given_as_a_flag_is_scrubbed_from_its_logs(
+    runtime: ProcessRuntime,
+) -> None:
+    """vLLM and TEI print their arguments as they start: ``--api-key`` among them."""
+    script = 'echo "args: $0 $1 $2 $3"'
+    handle = await runtime.start(spec_for(["sh", "-c", script, "--api-key", "sk-flag-secret",
+                                           "--hf-token=hf_flag_secret"]))
+    await wait_exited(runtime, handle)
+    assert await runtime.logs(handle) == "args: --api-key *** --hf-token=*** \n"

@@ -173,7 +173,7 @@ class DockerRuntime:
             )
         except DockerException as exc:
             message = f"container {name} could not be created: {_explain(exc)}"
-            raise RuntimeStartError(scrub(message, env)) from None
+            raise RuntimeStartError(scrub(message, env, managed.args)) from None
         try:
             await self._call(container.start)
         except DockerException as exc:
@@ -184,7 +184,7 @@ class DockerRuntime:
             message = f"container {name} could not be started: {reason}"
             if "could not select device driver" in reason:
                 message += "; the Docker host has no GPU runtime (set gpus: none, or install it)"
-            raise RuntimeStartError(scrub(message, env)) from None
+            raise RuntimeStartError(scrub(message, env, managed.args)) from None
         log.info("container_started", container=name, image=image, host_port=spec.host_port,
                  docker_host=self._where)
         return InstanceHandle(spec=spec, ref=container.id, labels=labels)
@@ -249,7 +249,8 @@ class DockerRuntime:
                 raw: bytes = await self._call(container.logs, tail=lines)
             except NotFound:
                 return ""
-        return scrub(raw.decode("utf-8", "replace"), handle.spec.managed.env)
+        managed = handle.spec.managed
+        return scrub(raw.decode("utf-8", "replace"), managed.env, managed.args)
 
     def fingerprint(self, spec: InstanceSpec) -> str:
         """sha256 over what the container is created with (env values included, so it is a

@@ -54,6 +54,7 @@ def die_with_parent() -> tuple[str, ...]:
 class _Running:
     process: asyncio.subprocess.Process
     env: dict[str, str]  # all of the child's environment: its secrets are scrubbed from logs
+    command: list[str]  # and so are secrets given as flags
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     reader: asyncio.Task[None] | None = None
 
@@ -142,8 +143,9 @@ class ProcessRuntime:
         except PermissionError:
             raise RuntimeStartError(f"command {command[0]!r} is not executable") from None
         except OSError as exc:
-            raise RuntimeStartError(scrub(f"command {command[0]!r} failed: {exc}", env)) from None
-        running = _Running(process=process, env=env)
+            raise RuntimeStartError(
+                scrub(f"command {command[0]!r} failed: {exc}", env, command)) from None
+        running = _Running(process=process, env=env, command=command)
         assert process.stdout is not None
         running.reader = asyncio.create_task(_collect(process.stdout, running.lines))
         ref = str(process.pid)
@@ -187,7 +189,7 @@ class ProcessRuntime:
         if running.process.returncode is not None:
             await _drain(running, cancel=False)
         tail = list(running.lines)[-lines:]
-        return scrub("\n".join(tail) + ("\n" if tail else ""), running.env)
+        return scrub("\n".join(tail) + ("\n" if tail else ""), running.env, running.command)
 
     async def find_existing(self, backend: str) -> list[FoundInstance]:
         return []

@@ -1,12 +1,14 @@
-"""Keeping secret environment values out of messages and logs.
+"""Keeping secrets out of messages and logs.
 
-A variable is secret when its name contains TOKEN, KEY, SECRET or PASSWORD (any case).
+A secret is the value of an environment variable whose name contains TOKEN, KEY, SECRET or
+PASSWORD (any case), or the value of a command-line flag so named (``--api-key VALUE``,
+``--hf-token=VALUE``): model servers often print their arguments as they start.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 _SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD", re.IGNORECASE)
 MASK = "***"
@@ -16,9 +18,21 @@ def is_secret_name(name: str) -> bool:
     return _SECRET_NAME.search(name) is not None
 
 
-def scrub(text: str, env: Mapping[str, str]) -> str:
-    """``text`` with every secret value of ``env`` replaced by ``***``."""
-    for name, value in env.items():
-        if value and is_secret_name(name):
-            text = text.replace(value, MASK)
+def secret_values(env: Mapping[str, str], args: Sequence[str] = ()) -> list[str]:
+    values = [value for name, value in env.items() if value and is_secret_name(name)]
+    for i, arg in enumerate(args):
+        flag, equals, value = arg.partition("=")
+        if not flag.startswith("-") or not is_secret_name(flag):
+            continue
+        if equals:
+            values.append(value)
+        elif i + 1 < len(args):
+            values.append(args[i + 1])
+    return [value for value in values if value]
+
+
+def scrub(text: str, env: Mapping[str, str], args: Sequence[str] = ()) -> str:
+    """``text`` with every secret of ``env`` and ``args`` replaced by ``***``."""
+    for value in secret_values(env, args):
+        text = text.replace(value, MASK)
     return text
