@@ -17,6 +17,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -41,6 +42,8 @@ def _check_http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+# ``gpus: [0, 1]`` and ``gpu: 0`` as YAML writes them: device ids are kept as strings
+DeviceId = Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v)]
 
 
 class _Strict(BaseModel):
@@ -83,7 +86,7 @@ class ModelConfig(_Strict):
     matryoshka: bool = False
     max_batch: int | None = Field(default=None, gt=0)
     memory_gb: float | None = Field(default=None, gt=0)
-    gpu: str | None = None  # device id whose memory budget this model uses
+    gpu: DeviceId | None = None  # device id whose memory budget this model uses
     preload: bool = False
     pinned: bool = False
     keep_alive: str | int | None = None  # Ollama only
@@ -99,7 +102,7 @@ class ManagedConfig(_Strict):
     image: str | None = None
     args: list[str] = []
     container_port: int = Field(default=80, gt=0, le=65535)
-    gpus: list[str] | Literal["all", "none"] = "none"  # or a list of device ids
+    gpus: list[DeviceId] | Literal["all", "none"] = "none"  # or a list of device ids
     volumes: list[str] = []
     env: dict[str, str] = Field(default={}, repr=False)  # may hold secrets
     docker_host: str | None = None
@@ -172,7 +175,7 @@ class BackendConfig(_Strict):
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     metrics: MetricsConfig = MetricsConfig()
-    gpus: dict[str, GpuConfig] = {}
+    gpus: dict[DeviceId, GpuConfig] = {}
     backends: dict[str, BackendConfig]
 
 
