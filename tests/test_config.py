@@ -229,3 +229,16 @@ def test_keys_of_the_other_runtime_are_rejected() -> None:
     assert caught.value.problems == [
         "backends.t.managed: Value error, gpus, image: not used by runtime process"
     ]
+
+
+def test_gpu_ids_may_be_written_as_numbers() -> None:
+    document = {
+        "gpus": {0: {"memory_gb": 24}},
+        "backends": {"t": {"kind": "tei", "base_url": "http://127.0.0.1:8080",
+                           "managed": {"runtime": "docker", "image": "tei:1.9", "gpus": [0, 1]},
+                           "models": {"m": {"memory_gb": 2, "gpu": 0}}}},
+    }
+    config = parse_config(document, env={})
+    tei = config.backends["t"]
+    assert tei.managed is not None and tei.managed.gpus == ["0", "1"]
+    assert tei.models["m"].gpu == "0" and "0" in config.gpus
