@@ -12,7 +12,7 @@ Examples:
   python scripts/benchmark.py models --gateway http://127.0.0.1:8000
   python scripts/benchmark.py load --gateway http://127.0.0.1:8000 --models bge-m3 --duration 10
   python scripts/benchmark.py overhead --gateway http://127.0.0.1:8000 --models fast-1024 \\
-      --upstream http://127.0.0.1:18001 --gateway-pid $(pidof -s embedding-gateway)
+      --upstream http://127.0.0.1:18001 --gateway-pid $(pgrep -nf 'embedding-gateway serve')
 """
 
 from __future__ import annotations
@@ -657,6 +657,14 @@ def main(argv: list[str] | None = None) -> int:
         and not Path(f"/proc/{args.gateway_pid}").exists()
     ):
         raise SystemExit(f"--gateway-pid {args.gateway_pid}: no such process in /proc")
+    if args.mode == "overhead" and args.gateway_pid:
+        command = Path(f"/proc/{args.gateway_pid}/cmdline").read_bytes().split(b"\0")
+        if not any(b"embedding_gateway" in part or b"embedding-gateway" in part
+                   for part in command) or b"python" not in command[0]:
+            print(f"warning: --gateway-pid {args.gateway_pid} runs "
+                  f"{b' '.join(command).decode(errors='replace')!r}, which does not look like "
+                  "the gateway's Python process (a wrapper or shim?): its CPU and RSS would "
+                  "not be the gateway's", file=sys.stderr)
     report = asyncio.run(run(args))
     print_report(report, sys.stdout)
     if args.json:
