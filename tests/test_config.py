@@ -242,3 +242,19 @@ def test_gpu_ids_may_be_written_as_numbers() -> None:
     tei = config.backends["t"]
     assert tei.managed is not None and tei.managed.gpus == ["0", "1"]
     assert tei.models["m"].gpu == "0" and "0" in config.gpus
+
+
+def test_the_example_names_every_key() -> None:
+    """config.example.yaml documents every key the config models take."""
+    from embedding_gateway import config as models
+
+    text = (Path(__file__).resolve().parent.parent / "config.example.yaml").read_text()
+    missing = [
+        f"{model.__name__}.{field}"
+        for model in (models.GatewayConfig, models.ServerConfig, models.Limits,
+                      models.MetricsConfig, models.GpuConfig, models.BackendConfig,
+                      models.ManagedConfig, models.ModelConfig)
+        for field in model.model_fields
+        if f"{field}:" not in text
+    ]
+    assert missing == []
