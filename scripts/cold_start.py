@@ -125,9 +125,14 @@ async def measure(args: argparse.Namespace) -> tuple[list[float], list[float]]:
     alone, gated = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):
+            gateway_first = run % 2 == 1  # alternate, so a cold file cache favours neither
+            if gateway_first:
+                gated.append(await through_gateway(args.command, args.model,
+                                                   args.served_name, args.timeout, Path(tmp)))
             alone.append(await upstream_alone(args.command, args.model, args.timeout))
-            gated.append(await through_gateway(args.command, args.model, args.served_name,
-                                               args.timeout, Path(tmp)))
+            if not gateway_first:
+                gated.append(await through_gateway(args.command, args.model,
+                                                   args.served_name, args.timeout, Path(tmp)))
             print(f"run {run + 1}: upstream alone {alone[-1]:.3f} s, "
                   f"through the gateway {gated[-1]:.3f} s", file=sys.stderr)
     return alone, gated
