@@ -35,7 +35,9 @@ from .upstream import ModelState, Upstream
 
 log = structlog.get_logger("embedding_gateway.supervisor")
 
-FIRST_POLL, MAX_POLL = 0.05, 1.0  # health polling: fast at first, then back off
+# health polling while an instance starts: every 20 ms for the first 2 s (a small model is up
+# in a fraction of a second), then backing off to once a second (a big one takes minutes)
+FAST_POLL, FAST_PHASE, MAX_POLL = 0.02, 2.0, 1.0
 CANCELLED_START_WAIT = 60.0  # how long a cancelled start waits for the runtime to finish
 
 
@@ -332,7 +334,7 @@ class Supervisor(Upstream):
         ``start_timeout`` passes."""
         assert instance.handle is not None
         expected = served_name(instance.model, self.backend.config.models[instance.model])
-        delay = FIRST_POLL
+        delay, fast_until = FAST_POLL, time.monotonic() + FAST_PHASE
         while True:
             if not await self.runtime.is_alive(instance.handle):
                 lines = await self.runtime.logs(instance.handle)
@@ -357,7 +359,8 @@ class Supervisor(Upstream):
                     f"log lines:\n{lines}"
                 )
             await asyncio.sleep(delay)
-            delay = min(MAX_POLL, delay * 1.5)
+            if time.monotonic() > fast_until:
+                delay = min(MAX_POLL, delay * 1.5)
 
     async def _start_failed(self, instance: Instance, reason: str) -> None:
         self._swaps.pop(instance.model, None)
