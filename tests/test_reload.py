@@ -4,6 +4,8 @@ hands its running containers to its successor instead of reloading the model."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -45,14 +47,24 @@ def one_managed_backend() -> dict[str, Any]:
             "backends": {"m": fake_managed_backend(free_pair(), ["m-a"])}}
 
 
+@asynccontextmanager
+async def managed_beside_a_vllm(
+    runtime: FakeRuntime, config: dict[str, Any]
+) -> AsyncIterator[tuple[str, str, web.Application, aiohttp.ClientSession]]:
+    """The gateway of ``config`` serving, ``m-a`` loaded once, and a fake vLLM to add later.
+    Yields the vLLM's URL, the gateway's URL and app, and a client session."""
+    async with serve_fake(create_vllm_app("org/v", dims=DIMS)) as vllm, \
+            serve_app(config, runtime_factory=lambda _: runtime) as (url, app), \
+            aiohttp.ClientSession() as session:
+        await embed(session, url, "m-a", "before")
+        yield vllm, url, app, session
+
+
 async def test_an_unchanged_managed_backend_keeps_its_loaded_instance() -> None:
     runtime = FakeRuntime()
     config = one_managed_backend()
     try:
-        async with serve_fake(create_vllm_app("org/v", dims=DIMS)) as vllm, \
-                serve_app(config, runtime_factory=lambda _: runtime) as (url, app), \
-                aiohttp.ClientSession() as session:
-            await embed(session, url, "m-a", "before")
+        async with managed_beside_a_vllm(runtime, config) as (vllm, url, app, session):
             gateway = app[GATEWAY]
             supervisor = gateway.upstreams["m"]
 
@@ -116,10 +128,7 @@ async def test_a_removed_managed_backend_stops_its_instances() -> None:
     runtime = FakeRuntime()
     config = one_managed_backend()
     try:
-        async with serve_fake(create_vllm_app("org/v", dims=DIMS)) as vllm, \
-                serve_app(config, runtime_factory=lambda _: runtime) as (url, app), \
-                aiohttp.ClientSession() as session:
-            await embed(session, url, "m-a", "before")
+        async with managed_beside_a_vllm(runtime, config) as (vllm, url, app, session):
             config["backends"] = {"v": {"kind": "vllm", "base_url": vllm,
                                         "models": {"org/v": {}}}}
             await app[GATEWAY].reload(parse_config(config, env={}))
