@@ -21,6 +21,7 @@ from aiohttp import web
 
 __all__ = [
     "FAKE_STATE",
+    "FakeError",
     "FakeState",
     "add_common_args",
     "fail_payload",
@@ -49,6 +50,15 @@ class FakeState:
 
 
 FAKE_STATE = web.AppKey("fake_state", FakeState)
+
+
+class FakeError(Exception):
+    """An error a fake answers with ``status``; each fake renders it in its upstream's shape."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 def install_state(app: web.Application, state: FakeState) -> None:

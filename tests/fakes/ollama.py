@@ -22,6 +22,7 @@ import numpy as np
 from aiohttp import web
 
 from tests.fakes import (
+    FakeError,
     FakeState,
     add_common_args,
     fail_payload,
@@ -55,12 +56,7 @@ class OllamaState(FakeState):
 OLLAMA_STATE = web.AppKey("ollama_state", OllamaState)
 
 
-class OllamaError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
+class OllamaError(FakeError):
     def response(self) -> web.Response:
         return web.json_response({"error": self.message}, status=self.status)
 

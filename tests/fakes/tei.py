@@ -15,6 +15,7 @@ from aiohttp import web
 
 from tests.fakes import (
     FAKE_STATE,
+    FakeError,
     FakeState,
     add_common_args,
     fail_payload,
@@ -54,11 +55,9 @@ class TeiState(FakeState):
 TEI_STATE = web.AppKey("tei_state", TeiState)
 
 
-class TeiError(Exception):
+class TeiError(FakeError):
     def __init__(self, status: int, message: str, raw: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(status, message)
         self.raw = raw
 
     @property

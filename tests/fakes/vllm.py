@@ -18,6 +18,7 @@ import numpy as np
 from aiohttp import web
 
 from tests.fakes import (
+    FakeError,
     FakeState,
     add_common_args,
     fail_payload,
@@ -56,11 +57,8 @@ class VllmState(FakeState):
 VLLM_STATE = web.AppKey("vllm_state", VllmState)
 
 
-class VllmError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class VllmError(FakeError):
+    pass
 
 
 def invalid(field: str, message: str) -> VllmError:
