@@ -20,6 +20,7 @@ import structlog
 
 from . import policy
 from .backends.base import Backend, served_name, upstream_name
+from .config import ModelConfig
 from .errors import (
     GatewayError,
     QueueFull,
@@ -141,17 +142,15 @@ class Supervisor(Upstream):
     # -- the one place decisions are made ---------------------------------------------
 
     def views(self) -> list[policy.InstanceView]:
-        models = self.backend.config.models
-        return [
-            policy.InstanceView(
+        views = []
+        for i in self.instances.values():
+            opts = self.backend.config.models.get(i.model) or ModelConfig()
+            views.append(policy.InstanceView(
                 instance=i.id, model=i.model, state=i.state, inflight=i.inflight,
-                last_used=i.last_used, ready_since=i.ready_since,
-                pinned=models[i.model].pinned if i.model in models else False,
-                memory_gb=(models[i.model].memory_gb or 0.0) if i.model in models else 0.0,
-                gpu=models[i.model].gpu if i.model in models else None,
-            )
-            for i in self.instances.values()
-        ]
+                last_used=i.last_used, ready_since=i.ready_since, pinned=opts.pinned,
+                memory_gb=opts.memory_gb or 0.0, gpu=opts.gpu,
+            ))
+        return views
 
     def has_waiters(self, model: str) -> bool:
         return any(w.model == model for w in self.waiters)
@@ -238,21 +237,19 @@ class Supervisor(Upstream):
         if shortfall > 0 and any(v.gpu == opts.gpu and v.state in ("draining", "stopping")
                                  for _, v in ledger_views):
             return False  # memory on this device is already being freed, maybe by another
-        own = [v for v in self.views()
-               if policy.evictable(v, now, self.cfg.min_loaded)
-               and policy.may_displace(v, waited=waited, max_wait=self.cfg.max_wait,
-                                       has_waiters=self.has_waiters(v.model))]
-        others = [v for s, v in ledger_views if s is not self
-                  and policy.evictable(v, now, s.cfg.min_loaded)
+        # this backend's instances, and another backend's only when memory is short
+        owners = {v.instance: owner for owner, v in ledger_views
+                  if (owner is self or shortfall > 0)
+                  and policy.evictable(v, now, owner.cfg.min_loaded)
                   and policy.may_displace(v, waited=waited, max_wait=self.cfg.max_wait,
-                                          has_waiters=s.has_waiters(v.model))
-                  ] if shortfall > 0 else []
-        victims = policy.choose_victims(own + others, slots_needed=slots_needed,
+                                          has_waiters=owner.has_waiters(v.model))}
+        candidates = [v for _, v in ledger_views if v.instance in owners]
+        victims = policy.choose_victims(candidates, slots_needed=slots_needed,
                                         memory_needed=shortfall, gpu=opts.gpu)
         if victims is None:
             return False
         for victim in victims:
-            owner = next(s for s, v in ledger_views if v.instance == victim.instance)
+            owner = owners[victim.instance]
             owner._retire(owner.instances[victim.instance])
         if shortfall > 0:
             self.ledger.claim(self, model, opts.gpu, opts.memory_gb or 0.0)
