@@ -343,8 +343,6 @@ class Supervisor(Upstream):
                 probe = None
             if probe is not None:
                 if expected in probe.served:
-                    if probe.batch_limit:
-                        self.backend.upstream_batch_limit = probe.batch_limit
                     return
                 raise RuntimeStartError(
                     f"the instance serves the wrong model: {probe.mismatch.get(instance.model)}"

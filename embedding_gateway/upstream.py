@@ -164,8 +164,6 @@ class RemoteUpstream(Upstream):
             reason = f"the check failed unexpectedly: {exc.__class__.__name__}"
             probe = Probe(reachable=False, reason=reason, error=UpstreamFailed(reason))
         was_ok = self._probe is not None and self._probe.reachable
-        if probe.reachable and probe.batch_limit:
-            self.backend.upstream_batch_limit = probe.batch_limit
         if was_ok != probe.reachable:
             self._since = time.time()
             log.info("backend_health", backend=self.name, healthy=probe.reachable,

@@ -41,7 +41,6 @@ class Probe:
     # models the upstream does not have at all (Ollama: not pulled); requests still go through
     # so that the upstream's own answer ("try pulling it first", 404) reaches the client
     absent: dict[str, str] = field(default_factory=dict)
-    batch_limit: int | None = None  # the upstream's own limit on inputs per request
     discovered: set[str] = field(default_factory=set)  # embedding models found, not configured
     error: GatewayError | None = None  # why it is unreachable, to answer requests in kind
 
@@ -153,7 +152,7 @@ class Backend(ABC):
         self.name = name
         self.config = config
         self.session = session
-        self.upstream_batch_limit: int | None = None  # learnt from the upstream (TEI /info)
+        self.upstream_batch_limit: int | None = None  # the upstream's own, learnt by probe()
         self.limits: dict[str, Any] = {}  # what the upstream says of its limits, for /health
         headers = {"Content-Type": "application/json"}
         if config.api_key:

@@ -29,7 +29,9 @@ class TEIBackend(OpenAIBackend):
                 serving.add(str(info["served_model_name"]))
             limit = info.get("max_client_batch_size")
             self.limits = {key: info.get(key) for key in TEI_LIMITS}
-        probe = Probe(reachable=True, batch_limit=limit if isinstance(limit, int) else None)
+        if isinstance(limit, int) and limit > 0:
+            self.upstream_batch_limit = limit
+        probe = Probe(reachable=True)
         for name, model in self.config.models.items():
             expected = served_name(name, model)
             if expected in serving:
