@@ -1,6 +1,6 @@
 """``create_app``: routes, middlewares, the playground and resource lifetimes; starts nothing.
 
-Resources live in ``cleanup_ctx``: the HTTP client session, then the gateway (upstreams,
+Resources live in ``cleanup_ctx``: the upstream HTTP client, then the gateway (upstreams,
 their background probes and managed instances). They start when the app starts and are
 released in reverse order when it stops.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from . import api
 from .config import GatewayConfig
+from .http_client import HttpClient
 from .metrics import Metrics
 from .middlewares import gatekeeper, request_context
 from .state import GATEWAY, Gateway, RuntimeFactory, default_runtime
@@ -33,13 +33,15 @@ def create_app(
     app[GATEWAY] = gateway
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=60)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            await gateway.start(session)
+        client = HttpClient()
+        try:
+            await gateway.start(client)
             try:
                 yield
             finally:
                 await gateway.close()
+        finally:
+            await client.close()
 
     app.cleanup_ctx.append(gateway_ctx)
     api.add_routes(app, debug=config.server.debug_endpoints)

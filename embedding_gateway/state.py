@@ -13,12 +13,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 
 from .backends import create_backend
 from .config import BackendConfig, GatewayConfig, ManagedConfig
+from .http_client import HttpClient
 from .instances import DeviceLedger
 from .metrics import Metrics
 from .router import Router
@@ -45,7 +45,7 @@ class Gateway:
     config: GatewayConfig
     metrics: Metrics
     runtime_factory: RuntimeFactory = default_runtime
-    session: aiohttp.ClientSession | None = None
+    client: HttpClient | None = None
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     router: Router | None = None
     draining: bool = False
@@ -83,8 +83,8 @@ class Gateway:
         return self._requests
 
     def build_upstream(self, name: str, backend_config: BackendConfig) -> Upstream:
-        assert self.session is not None
-        backend = create_backend(name, backend_config, self.session)
+        assert self.client is not None
+        backend = create_backend(name, backend_config, self.client)
         server = self.config.server
         if backend_config.managed is None:
             return RemoteUpstream(
@@ -98,8 +98,8 @@ class Gateway:
             ledger=self.ledger,
         )
 
-    async def start(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
+    async def start(self, client: HttpClient) -> None:
+        self.client = client
         self.upstreams = {
             name: self.build_upstream(name, backend)
             for name, backend in self.config.backends.items()

@@ -200,13 +200,17 @@ async def test_any_check_of_a_tei_teaches_its_batch_limit() -> None:
     (background checks, a managed start, adoption) applies it."""
     from embedding_gateway.backends import create_backend
     from embedding_gateway.config import parse_config
+    from embedding_gateway.http_client import HttpClient
 
     async with serve_fake(create_tei_app("org/e5", dims=8, max_client_batch_size=8)) as tei:
         config = parse_config({"backends": {"t": {"kind": "tei", "base_url": tei,
                                                   "models": {"org/e5": {}}}}}, env={})
-        async with aiohttp.ClientSession() as session:
-            backend = create_backend("t", config.backends["t"], session)
+        client = HttpClient()
+        try:
+            backend = create_backend("t", config.backends["t"], client)
             assert backend.batch_limit(config.backends["t"].models["org/e5"]) == 32
             probe = await backend.probe(tei, 2.0)
             assert "org/e5" in probe.served
             assert backend.batch_limit(config.backends["t"].models["org/e5"]) == 8
+        finally:
+            await client.close()

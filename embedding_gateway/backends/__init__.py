@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import aiohttp
-
 from ..config import BackendConfig
+from ..http_client import HttpClient
 from .base import Backend
 from .ollama import OllamaBackend
 from .openai import OpenAIBackend
@@ -18,5 +17,5 @@ ADAPTERS: dict[str, type[Backend]] = {
 }
 
 
-def create_backend(name: str, config: BackendConfig, session: aiohttp.ClientSession) -> Backend:
-    return ADAPTERS[config.kind](name, config, session)
+def create_backend(name: str, config: BackendConfig, client: HttpClient) -> Backend:
+    return ADAPTERS[config.kind](name, config, client)

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import numpy as np
 import orjson
 from pybase64 import b64decode  # SIMD base64: the standard library's results, faster
@@ -27,6 +26,7 @@ from ..errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from ..http_client import HttpClient, HttpError
 from ..schemas import Embeddings, Inputs
 
 
@@ -148,17 +148,16 @@ class Backend(ABC):
     accepts_tokens: bool = False
     default_batch: int = 32
 
-    def __init__(self, name: str, config: BackendConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, name: str, config: BackendConfig, client: HttpClient) -> None:
         self.name = name
         self.config = config
-        self.session = session
+        self.client = client
         self.upstream_batch_limit: int | None = None  # the upstream's own, learnt by probe()
         self.limits: dict[str, Any] = {}  # what the upstream says of its limits, for /health
-        headers = {"Content-Type": "application/json"}
+        headers = b"Accept: application/json\r\n"
         if config.api_key:
-            headers["Authorization"] = f"Bearer {config.api_key}"
+            headers += f"Authorization: Bearer {config.api_key}\r\n".encode()
         self._headers = headers
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
 
     def batch_limit(self, model: ModelConfig) -> int:
         limits = [model.max_batch, self.config.max_batch, self.upstream_batch_limit]
@@ -198,24 +197,25 @@ class Backend(ABC):
     ) -> Any:
         """One upstream call; every failure becomes the right ``GatewayError``."""
         where = f"upstream {self.name!r}"
-        client_timeout = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
-        data = orjson.dumps(payload) if payload is not None else None
+        timeout = timeout or self.config.timeout
+        headers = self._headers
+        data = None
+        if payload is not None:
+            data = orjson.dumps(payload)
+            headers += b"Content-Type: application/json\r\n"
         try:
-            async with self.session.request(
-                method, url, data=data, headers=self._headers, timeout=client_timeout
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
+            reply = await self.client.request(
+                method, url, data, headers=headers, timeout=timeout
+            )
         except TimeoutError:
             raise UpstreamTimeout(
-                f"{where} did not answer within {client_timeout.total:g} s",
-                upstream_kind="timeout",
+                f"{where} did not answer within {timeout:g} s", upstream_kind="timeout"
             ) from None
-        except aiohttp.ClientError as exc:
+        except HttpError as exc:
             raise UpstreamFailed(
-                f"{where} could not be reached: {exc.__class__.__name__}",
-                upstream_kind="refused",
+                f"{where} could not be reached: {exc}", upstream_kind="refused"
             ) from exc
+        raw, status = reply.body, reply.status
         body: Any = None
         if raw:
             try:
