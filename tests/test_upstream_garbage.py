@@ -110,3 +110,27 @@ async def test_chunks_of_different_sizes_are_a_mismatch_not_a_crash() -> None:
                 envelope = await resp.json()
                 assert resp.status == 502, envelope
             assert envelope["error"]["code"] == "model_mismatch"
+
+
+
+async def test_a_redirecting_upstream_is_a_502_that_names_the_redirect() -> None:
+    """Redirects are not followed: a POST turned into a GET elsewhere is not the configured
+    call."""
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(GOOD_MODELS)
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("/v2/embeddings")
+
+    upstream = web.Application()
+    upstream.router.add_get("/v1/models", models)
+    upstream.router.add_post("/v1/embeddings", moved)
+    async with serve_fake(upstream) as base:
+        config = {"backends": {"o": {"kind": "openai", "base_url": base, "models": {"m": {}}}}}
+        async with run_gateway(config) as url, aiohttp.ClientSession() as session:
+            async with session.post(f"{url}/v1/embeddings",
+                                    json={"model": "m", "input": "x"}) as resp:
+                envelope = await resp.json()
+                assert resp.status == 502, envelope
+            assert "redirect (HTTP 301)" in envelope["error"]["message"]

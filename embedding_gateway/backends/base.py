@@ -216,6 +216,11 @@ class Backend(ABC):
                 f"{where} could not be reached: {exc}", upstream_kind="refused"
             ) from exc
         raw, status = reply.body, reply.status
+        if 300 <= status < 400:
+            raise UpstreamFailed(
+                f"{where} answered with a redirect (HTTP {status}); its base_url must be the "
+                "address it serves from", upstream_kind="bad_response",
+            )
         body: Any = None
         if raw:
             try:
