@@ -15,7 +15,7 @@ from . import api
 from .config import GatewayConfig
 from .http_client import HttpClient
 from .metrics import Metrics
-from .middlewares import gatekeeper, request_context
+from .middlewares import serve
 from .state import GATEWAY, Gateway, RuntimeFactory, default_runtime
 
 
@@ -23,7 +23,7 @@ def create_app(
     config: GatewayConfig, *, runtime_factory: RuntimeFactory | None = None
 ) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, gatekeeper],
+        middlewares=[serve],
         client_max_size=config.server.limits.max_body_bytes,
     )
 

@@ -43,7 +43,6 @@ def configure_logging(level: str = "info") -> None:
         factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

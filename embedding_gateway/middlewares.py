@@ -22,7 +22,7 @@ from .errors import (
     PayloadTooLarge,
     Unavailable,
 )
-from .state import GATEWAY, LOG_FIELDS
+from .state import GATEWAY, LOG_FIELDS, Gateway
 
 log = structlog.get_logger("embedding_gateway.request")
 
@@ -59,15 +59,23 @@ def _from_http_exception(exc: web.HTTPException, max_body_bytes: int) -> Gateway
 
 
 @web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: request id, error rendering, the canonical log line and request metrics."""
-    incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware (each layer costs every request): request id, admission, error
+    rendering, the canonical log line and request metrics."""
+    incoming = request.headers.get("X-Request-ID")
+    request_id = (incoming if incoming is not None and _REQUEST_ID.match(incoming)
+                  else os.urandom(16).hex())
+    gateway = request.app[GATEWAY]
     fields: dict[str, object] = {}
     request[LOG_FIELDS] = fields
     started = time.perf_counter()
     try:
-        response = await handler(request)
+        if request.path in PUBLIC_PATHS:
+            response = await handler(request)
+        else:
+            admit(request, gateway)
+            with gateway.requests:
+                response = await handler(request)
         response.headers["X-Request-ID"] = request_id
     except GatewayError as exc:
         response = render_error(exc, request_id)
@@ -79,9 +87,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = _from_http_exception(
-            exc, request.app[GATEWAY].config.server.limits.max_body_bytes
-        )
+        error = _from_http_exception(exc, gateway.config.server.limits.max_body_bytes)
         response = render_error(error, request_id)
         fields["error"] = error.message
     except Exception:
@@ -90,7 +96,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                                 request_id)
     elapsed = time.perf_counter() - started
     if "model" in fields:
-        request.app[GATEWAY].metrics.observe_request(
+        gateway.metrics.observe_request(
             model=str(fields["model"]),
             backend=str(fields.get("backend", "")),
             status=response.status,
@@ -110,18 +116,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-@web.middleware
-async def gatekeeper(request: web.Request, handler: Handler) -> web.StreamResponse:
+def admit(request: web.Request, gateway: Gateway) -> None:
     """Refuse work while shutting down, and check bearer keys in constant time."""
-    gateway = request.app[GATEWAY]
-    path = request.path
-    if path in PUBLIC_PATHS:
-        return await handler(request)
     if gateway.draining:
         raise Unavailable("the gateway is shutting down; retry on another instance",
                           retry_after=2)
     keys = gateway.config.server.api_keys
-    if keys and not (path == "/metrics" and gateway.config.metrics.public):
+    if keys and not (request.path == "/metrics" and gateway.config.metrics.public):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         given = token.strip().encode() if scheme.lower() == "bearer" else b""
         matched = False
@@ -132,5 +133,3 @@ async def gatekeeper(request: web.Request, handler: Handler) -> web.StreamRespon
             raise AuthenticationFailed(
                 "missing or invalid API key; send 'Authorization: Bearer <key>'"
             )
-    with gateway.in_flight():
-        return await handler(request)

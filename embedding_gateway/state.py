@@ -8,8 +8,8 @@ world or the new one, never a mix.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,25 @@ def default_runtime(managed: ManagedConfig) -> Runtime:
     return ProcessRuntime(managed)
 
 
+class RequestCounter:
+    """Requests being served (``with counter:`` counts one), so that a shutdown can wait for
+    the last one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
 @dataclass
 class Gateway:
     config: GatewayConfig
@@ -53,21 +72,7 @@ class Gateway:
     def __post_init__(self) -> None:
         self.ledger = DeviceLedger(self.config.gpus)
         self._retiring: set[Upstream] = set()  # leaving after a reload
-        self._requests = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @contextmanager
-    def in_flight(self) -> Iterator[None]:
-        """Count a request being served, so that a shutdown can wait for the last one."""
-        self._requests += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._requests -= 1
-            if self._requests == 0:
-                self._idle.set()
+        self.requests = RequestCounter()
 
     async def drain(self, timeout: float) -> int:
         """Refuse new work (503 + Retry-After) and wait up to ``timeout`` seconds for the
@@ -76,11 +81,11 @@ class Gateway:
         self.draining = True
         with suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        if self._requests:
+                await self.requests.idle.wait()
+        if self.requests.count:
             for upstream in self.upstreams.values():
                 upstream.refuse_waiting("the gateway is shutting down; retry")
-        return self._requests
+        return self.requests.count
 
     def build_upstream(self, name: str, backend_config: BackendConfig) -> Upstream:
         assert self.client is not None

@@ -8,8 +8,6 @@ stays inside its adapter; the router sees only ``Embeddings`` or a ``GatewayErro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,17 +43,28 @@ class Probe:
     error: GatewayError | None = None  # why it is unreachable, to answer requests in kind
 
 
-@contextmanager
-def reading(where: str) -> Iterator[None]:
+class reading:  # lower case: it reads as the guard it is, ``with reading(where):``
     """An upstream answer of an unexpected shape (a list where an object belongs, a string
     for a number) is the upstream's failure, a 502, never the gateway's 500."""
-    try:
-        yield
-    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
-        raise UpstreamFailed(
-            f"{where} returned an answer of an unexpected shape ({exc})",
-            upstream_kind="bad_response",
-        ) from exc
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if exc is not None and isinstance(exc, _SHAPE_ERRORS):
+            raise UpstreamFailed(
+                f"{self.where} returned an answer of an unexpected shape ({exc})",
+                upstream_kind="bad_response",
+            ) from exc
+
+
+_SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
 
 
 def in_index_order(items: list[Any], where: str) -> list[Any]:
