@@ -2,90 +2,99 @@
 
 ``load_config`` raises ``ConfigError`` whose ``problems`` name every error with its path
 (``backends.tei.models.x.dimensions: …``), never only the first one.
+
+The classes are frozen attrs classes that cattrs builds from the document. Scalars are
+coerced (``_SCALARS``) because ``${VAR}`` always yields a string: ``port: "8000"`` is read as
+an integer and ``playground: "no"`` as a boolean.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import NoneType, UnionType
+from typing import Any, Literal, NewType, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
+import attrs
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
+from attrs import field, frozen
+from cattrs import Converter
+from cattrs.cols import list_structure_factory
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
 )
+from cattrs.gen import make_dict_structure_fn, override
 
 from .errors import ConfigError
 
 BackendKind = Literal["ollama", "tei", "vllm", "openai"]
+HttpUrl = NewType("HttpUrl", str)  # http(s) with a host; kept without a trailing slash
+DeviceId = NewType("DeviceId", str)  # ``gpus: [0, 1]`` and ``gpu: 0`` as YAML writes them
+NonEmptyStr = NewType("NonEmptyStr", str)
+
+_BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "le": (operator.le, "<=")}
 
 
-def _check_http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError as exc:
-        raise ValueError(f"bad port in {value!r}") from exc
-    return value.rstrip("/")
+def _bounds(**limits: float) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: ``_bounds(ge=0, le=65535)``; ``None`` (an unset option) passes."""
+
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        for name, bound in limits.items():
+            test, sign = _BOUNDS[name]
+            if value is not None and not test(value, bound):
+                raise ValueError(f"must be {sign} {bound}, got {value!r}")
+
+    return check
 
 
-HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
-# ``gpus: [0, 1]`` and ``gpu: 0`` as YAML writes them: device ids are kept as strings
-DeviceId = Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v)]
+@frozen(kw_only=True)
+class Limits:
+    max_body_bytes: int = field(default=16 * 1024 * 1024, validator=_bounds(gt=0))
+    max_inputs: int = field(default=4096, validator=_bounds(gt=0))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Limits(_Strict):
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
-    max_inputs: int = Field(default=4096, gt=0)
-
-
-class ServerConfig(_Strict):
+@frozen(kw_only=True)
+class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    port: int = field(default=8000, validator=_bounds(ge=0, le=65535))
     # bearer keys; a blank one (an unset ${VAR:-}) would let requests without a key in
-    api_keys: list[Annotated[str, Field(min_length=1)]] = []
+    api_keys: list[NonEmptyStr] = field(factory=list)
     playground: bool = True
-    limits: Limits = Limits()
-    shutdown_timeout: float = Field(default=30, ge=0)
+    limits: Limits = field(factory=Limits)
+    shutdown_timeout: float = field(default=30, validator=_bounds(ge=0))
     ready_after_preload: bool = False
-    health_interval: float = Field(default=10, gt=0)
-    health_timeout: float = Field(default=2, gt=0)
+    health_interval: float = field(default=10, validator=_bounds(gt=0))
+    health_timeout: float = field(default=2, validator=_bounds(gt=0))
     debug_endpoints: bool = False  # test-only hooks (e.g. block the loop); never in production
 
 
-class MetricsConfig(_Strict):
+@frozen(kw_only=True)
+class MetricsConfig:
     public: bool = False
 
 
-class GpuConfig(_Strict):
-    memory_gb: float = Field(gt=0)
+@frozen(kw_only=True)
+class GpuConfig:
+    memory_gb: float = field(validator=_bounds(gt=0))
 
 
-class ModelConfig(_Strict):
-    aliases: list[str] = []
+@frozen(kw_only=True)
+class ModelConfig:
+    aliases: list[str] = field(factory=list)
     upstream_model: str | None = None  # what a managed upstream loads ({model}); default: key
     served_name: str | None = None  # the upstream's name for it: sent in requests and checked
     #                                 against what it serves; default: upstream_model
-    dimensions: int | None = Field(default=None, gt=0)  # native output dims, when known
+    dimensions: int | None = field(default=None, validator=_bounds(gt=0))  # native output dims
     matryoshka: bool = False
-    max_batch: int | None = Field(default=None, gt=0)
-    memory_gb: float | None = Field(default=None, gt=0)
+    max_batch: int | None = field(default=None, validator=_bounds(gt=0))
+    memory_gb: float | None = field(default=None, validator=_bounds(gt=0))
     gpu: DeviceId | None = None  # device id whose memory budget this model uses
     preload: bool = False
     pinned: bool = False
@@ -96,41 +105,42 @@ DOCKER_ONLY = ("image", "args", "container_port", "gpus", "volumes", "docker_hos
                "shm_size", "pull")
 
 
-class ManagedConfig(_Strict):
+@frozen(kw_only=True)
+class ManagedConfig:
     runtime: Literal["docker", "process"]
     # docker
     image: str | None = None
-    args: list[str] = []
-    container_port: int = Field(default=80, gt=0, le=65535)
+    args: list[str] = field(factory=list)
+    container_port: int = field(default=80, validator=_bounds(gt=0, le=65535))
     gpus: list[DeviceId] | Literal["all", "none"] = "none"  # or a list of device ids
-    volumes: list[str] = []
-    env: dict[str, str] = Field(default={}, repr=False)  # may hold secrets
+    volumes: list[str] = field(factory=list)
+    env: dict[str, str] = field(factory=dict, repr=False)  # may hold secrets
     docker_host: str | None = None
     init: bool = True
     shm_size: str | None = None
     pull: bool = False
     # process
-    command: list[str] = []
+    command: list[str] = field(factory=list)
     # both
     ports: tuple[int, int] | None = None  # host port range when several instances run
-    start_timeout: float = Field(default=600, gt=0)
-    idle_timeout: float = Field(default=1800, ge=0)
-    stop_timeout: float = Field(default=10, ge=0)
-    max_instances: int = Field(default=1, ge=1)
-    max_wait: float = Field(default=30, ge=0)  # fairness bound for queued models
-    min_loaded: float = Field(default=0, ge=0)
-    queue_timeout: float = Field(default=300, gt=0)
-    max_queue: int = Field(default=1024, ge=1)
+    start_timeout: float = field(default=600, validator=_bounds(gt=0))
+    idle_timeout: float = field(default=1800, validator=_bounds(ge=0))
+    stop_timeout: float = field(default=10, validator=_bounds(ge=0))
+    max_instances: int = field(default=1, validator=_bounds(ge=1))
+    max_wait: float = field(default=30, validator=_bounds(ge=0))  # fairness bound for queues
+    min_loaded: float = field(default=0, validator=_bounds(ge=0))
+    queue_timeout: float = field(default=300, validator=_bounds(gt=0))
+    max_queue: int = field(default=1024, validator=_bounds(ge=1))
     on_shutdown: Literal["stop", "keep"] = "stop"
 
-    @model_validator(mode="after")
-    def _runtime_fields(self) -> ManagedConfig:
+    def _check(self, given: Set[str]) -> None:
+        """Rules across fields, applied when a document is parsed; ``given``: its keys."""
         if self.runtime == "docker" and not self.image:
             raise ValueError("runtime docker needs 'image'")
         if self.runtime == "process" and not self.command:
             raise ValueError("runtime process needs 'command'")
         other = DOCKER_ONLY if self.runtime == "process" else ("command",)
-        misplaced = sorted(self.model_fields_set & set(other))
+        misplaced = sorted(given & set(other))
         if misplaced:
             raise ValueError(f"{', '.join(misplaced)}: not used by runtime {self.runtime}")
         if self.ports and self.ports[0] > self.ports[1]:
@@ -138,45 +148,234 @@ class ManagedConfig(_Strict):
         if self.ports and self.ports[1] - self.ports[0] + 1 < self.max_instances:
             raise ValueError(f"ports {list(self.ports)} hold fewer than max_instances "
                              f"({self.max_instances}) ports")
-        return self
 
 
-class BackendConfig(_Strict):
+@frozen(kw_only=True)
+class BackendConfig:
     kind: BackendKind
     base_url: HttpUrl
     api_key: str | None = None  # bearer key the upstream expects
-    timeout: float = Field(default=60, gt=0)
-    max_batch: int | None = Field(default=None, gt=0)
-    max_concurrency: int = Field(default=4, ge=1)
+    timeout: float = field(default=60, validator=_bounds(gt=0))
+    max_batch: int | None = field(default=None, validator=_bounds(gt=0))
+    max_concurrency: int = field(default=4, validator=_bounds(ge=1))
     keep_alive: str | int | None = None  # Ollama only
     discover: bool = False  # Ollama: add embedding models found in /api/tags
     managed: ManagedConfig | None = None
-    models: dict[str, ModelConfig] = {}
+    models: dict[str, ModelConfig] = field(factory=dict)
 
-    @field_validator("models", mode="before")
-    @classmethod
-    def _empty_models(cls, value: Any) -> Any:
-        """``model-name: {}`` and a bare ``model-name:`` both mean default options."""
-        if isinstance(value, dict):
-            return {name: {} if opts is None else opts for name, opts in value.items()}
-        return value
-
-    @model_validator(mode="after")
-    def _kind_rules(self) -> BackendConfig:
+    def _check(self, given: Set[str]) -> None:
+        """Rules across fields, applied when a document is parsed."""
         if self.managed and self.kind == "ollama":
             raise ValueError("ollama backends are never managed; remove 'managed'")
         if self.kind != "ollama" and (self.discover or self.keep_alive is not None):
             raise ValueError("discover and keep_alive are for ollama backends only")
         if not self.models and not self.discover:
             raise ValueError("a backend needs at least one model (or discover: true)")
-        return self
 
 
-class GatewayConfig(_Strict):
-    server: ServerConfig = ServerConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    gpus: dict[DeviceId, GpuConfig] = {}
+@frozen(kw_only=True)
+class GatewayConfig:
+    server: ServerConfig = field(factory=ServerConfig)
+    metrics: MetricsConfig = field(factory=MetricsConfig)
+    gpus: dict[DeviceId, GpuConfig] = field(factory=dict)
     backends: dict[str, BackendConfig]
+
+
+class _Invalid(ValueError):
+    """A value of the wrong kind; ``expected`` says what would have been taken."""
+
+    def __init__(self, expected: str, value: Any) -> None:
+        super().__init__(f"expected {expected}, got {value!r}")
+        self.expected = expected
+
+
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
+_BOOL_TEXT = {"1": True, "on": True, "t": True, "true": True, "y": True, "yes": True,
+              "0": False, "off": False, "f": False, "false": False, "n": False, "no": False}
+
+
+def _to_int(value: Any) -> int | None:
+    if isinstance(value, int):  # a bool too: true is 1
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT_TEXT.fullmatch(text := value.strip()):
+        return int(text.partition(".")[0])
+    return None
+
+
+def _to_float(value: Any) -> float | None:
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) and value.isascii() else None
+    except ValueError:
+        return None
+
+
+def _to_bool(value: Any) -> bool | None:
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    return _BOOL_TEXT.get(value.lower()) if isinstance(value, str) else None
+
+
+def _check_http_url(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise ValueError(f"bad port in {value!r}") from exc
+    return value.rstrip("/")
+
+
+# type: (what it takes, coercion returning None for a value it does not take)
+_SCALARS: dict[Any, tuple[str, Callable[[Any], Any]]] = {
+    str: ("a string", lambda v: v if isinstance(v, str) else None),
+    NonEmptyStr: ("a non-empty string", lambda v: v if isinstance(v, str) and v else None),
+    DeviceId: ("a device id", lambda v: str(v) if type(v) is int else v if isinstance(v, str)
+               else None),
+    HttpUrl: ("an http(s) URL", _check_http_url),
+    int: ("an integer", _to_int),
+    float: ("a number", _to_float),
+    bool: ("a boolean (true/false, yes/no, on/off, 1/0)", _to_bool),
+}
+# container origin: (the Python types it is written as, what it takes)
+_SHAPES: dict[Any, tuple[Any, str]] = {
+    list: ((list, tuple), "a list"),
+    tuple: ((list, tuple), "a list of {n} items"),
+    dict: (dict, "a mapping"),
+}
+
+_converter = Converter(forbid_extra_keys=True, detailed_validation=True)
+
+
+def _scalar(expected: str, coerce: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, _: Any) -> Any:
+        result = coerce(value)
+        if result is None:
+            raise _Invalid(expected, value)
+        return result
+
+    return structure
+
+
+def _literal(choices: Any) -> Callable[[Any, Any], Any]:
+    options = get_args(choices)
+    expected = " or ".join(map(repr, options))
+
+    def structure(value: Any, _: Any) -> Any:
+        if isinstance(value, str) and value in options:
+            return value
+        raise _Invalid(expected, value)
+
+    return structure
+
+
+def _union(union: Any) -> Callable[[Any, Any], Any]:
+    """Each member in turn, as written; a value of the wrong kind for all names them all."""
+    members = [(m, _converter.get_structure_hook(m)) for m in get_args(union) if m is not NoneType]
+    nullable = NoneType in get_args(union)
+
+    def structure(value: Any, _: Any) -> Any:
+        if value is None and nullable:
+            return None
+        expected = []
+        for member, hook in members:
+            try:
+                return hook(value, member)
+            except _Invalid as exc:
+                expected.append(exc.expected)
+        raise _Invalid(" or ".join(expected + ["null"] * nullable), value)
+
+    return structure
+
+
+def _container(kind: Any) -> Callable[[Any, Any], Any]:
+    """cattrs' own hook for lists, tuples and dicts, after a check that the value is one."""
+    origin, args = get_origin(kind), get_args(kind)
+    written_as, expected = _SHAPES[origin]
+    expected = expected.format(n=len(args))
+    hook: Callable[[Any, Any], Any]
+    if origin is tuple:
+        hook = _converter.gen_structure_hetero_tuple(kind)
+    elif origin is list:
+        hook = list_structure_factory(kind, _converter)
+    else:
+        hook = _converter.gen_structure_mapping(kind)
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, written_as) or (origin is tuple and len(value) != len(args)):
+            raise _Invalid(expected, value)
+        return hook(value, kind)
+
+    return structure
+
+
+def _validated(attribute: attrs.Attribute[Any]) -> Callable[[Any, Any], Any]:
+    """Structure one field and apply its validator there, so each field reports its own error."""
+    hook = _converter.get_structure_hook(attribute.type)
+
+    def structure(value: Any, kind: Any) -> Any:
+        result = hook(value, kind)
+        attribute.validator(None, attribute, result)  # type: ignore[misc]
+        return result
+
+    return structure
+
+
+def _config_class(cls: type) -> Callable[[Any, Any], Any]:
+    attrs.resolve_types(cls)
+    checked = {a.name: override(struct_hook=_validated(a)) for a in attrs.fields(cls)
+               if a.validator}
+    build: Callable[[Any, Any], Any] = make_dict_structure_fn(
+        cls, _converter, **checked)  # type: ignore[arg-type]
+
+    def structure(value: Any, _: Any) -> Any:
+        if value is None and cls is ModelConfig:  # a bare ``model-name:`` takes the defaults
+            value = {}
+        if not isinstance(value, dict):
+            raise _Invalid("a mapping", value)
+        config = build(value, cls)
+        if hasattr(config, "_check"):
+            config._check(value.keys())
+        return config
+
+    return structure
+
+
+for _kind, (_expected, _coerce) in _SCALARS.items():
+    _converter.register_structure_hook(_kind, _scalar(_expected, _coerce))
+_converter.register_structure_hook_factory(lambda t: get_origin(t) is Literal, _literal)
+_converter.register_structure_hook_factory(
+    lambda t: get_origin(t) in (Union, UnionType), _union)
+_converter.register_structure_hook_factory(lambda t: get_origin(t) in _SHAPES, _container)
+_converter.register_structure_hook_factory(attrs.has, _config_class)
+
+
+def _problems(exc: BaseException, path: str) -> Iterator[str]:
+    """cattrs' error tree as ``path: message`` lines, one per problem."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        in_list = get_origin(exc.cl) in (list, tuple)
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            step = note.name if isinstance(note, AttributeValidationNote) else note.index
+            yield from _problems(sub, f"{path}[{step}]" if in_list else _join(path, step))
+        for sub in without:
+            yield from _problems(sub, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        yield from (f"{_join(path, key)}: unknown key" for key in sorted(exc.extra_fields, key=str))
+    elif isinstance(exc, KeyError):
+        yield f"{path}: required but missing"
+    else:
+        yield f"{path or '(top level)'}: {exc}"
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -203,17 +402,6 @@ def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[st
     return _VAR.sub(substitute, node)
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    """``("backends", "tei", "args", 0)`` → ``backends.tei.args[0]``; union tags are dropped."""
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif "[" not in str(item):
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "(top level)"
-
-
 def _as_dict(value: Any) -> dict[Any, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -228,7 +416,8 @@ def _duplicate_names(data: dict[str, Any]) -> list[str]:
             where = f"backends.{backend_name}.models.{model_name}"
             aliases = _as_dict(opts).get("aliases")
             places = [(str(model_name), where)]
-            places += [(alias, f"{where}.aliases") for alias in aliases or []
+            places += [(alias, f"{where}.aliases")
+                       for alias in (aliases if isinstance(aliases, list) else [])
                        if isinstance(alias, str)]
             for name, place in places:
                 if name in seen:
@@ -261,11 +450,10 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> GatewayConfi
     data = _interpolate(raw, os.environ if env is None else env, "", problems)
     problems += _duplicate_names(data)
     try:
-        config = GatewayConfig.model_validate(data)
-    except ValidationError as exc:
+        config = _converter.structure(data, GatewayConfig)
+    except (ClassValidationError, ValueError) as exc:
         unset = {p.split(": ", 1)[0] for p in problems}  # a follow-on error adds nothing
-        problems += [f"{_loc(err['loc'])}: {err['msg']}" for err in exc.errors()
-                     if _loc(err["loc"]) not in unset]
+        problems += [p for p in _problems(exc, "") if p.split(": ", 1)[0] not in unset]
         raise ConfigError(problems) from None
     problems += _cross_checks(config)
     if problems:
