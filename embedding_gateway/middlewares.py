@@ -61,7 +61,7 @@ def _from_http_exception(exc: web.HTTPException, max_body_bytes: int) -> Gateway
 @web.middleware
 async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one middleware (each layer costs every request): request id, admission, error
-    rendering, the canonical log line and request metrics."""
+    rendering, then the answer is sent, then the canonical log line and request metrics."""
     incoming = request.headers.get("X-Request-ID")
     request_id = (incoming if incoming is not None and _REQUEST_ID.match(incoming)
                   else os.urandom(16).hex())
@@ -94,6 +94,11 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("unhandled_error", request_id=request_id, path=request.path)
         response = render_error(InternalError("internal error; see the gateway's log"),
                                 request_id)
+    try:  # the client has its answer before the bookkeeping below, not after it
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        fields.setdefault("error", "the client went away before the answer was written")
     elapsed = time.perf_counter() - started
     if "model" in fields:
         gateway.metrics.observe_request(

@@ -261,6 +261,34 @@ async def test_a_vllm_served_model_name_is_what_requests_carry() -> None:
                 == "/models/qwen"
 
 
+async def test_a_client_gone_before_the_answer_is_logged_as_gone() -> None:
+    """The answer is written before the log line; a client that left while the upstream
+    worked is named in that line, and nothing fails."""
+    app = create_vllm_app("org/v", dims=8)
+    app[FAKE_STATE].delay = 0.3
+    async with serve_fake(app) as vllm:
+        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm,
+                                     "models": {"org/v": {}}}}}
+        async with run_gateway(config) as url:
+            host, port = url.removeprefix("http://").split(":")
+            body = orjson.dumps({"model": "org/v", "input": "hello"})
+            with capture_logs() as events:
+                _, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.transport.abort()  # gone while the upstream is still at work
+                for _ in range(100):
+                    if any(e["event"] == "request" for e in events):
+                        break
+                    await asyncio.sleep(0.05)
+            [line] = [e for e in events if e["event"] == "request"]
+            assert "went away" in line["error"]
+            assert line["model"] == "org/v"
+            assert not [e for e in events if e["event"] == "unhandled_error"]
+
+
 async def test_a_client_leaving_during_a_large_response_is_not_an_internal_error() -> None:
     async with serve_fake(create_vllm_app("org/v", dims=1024)) as vllm:
         config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "max_batch": 512,
