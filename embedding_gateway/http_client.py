@@ -121,6 +121,7 @@ class HttpClient:
         self._busy: set[_Connection] = set()
         self._targets: dict[str, _Target] = {}
         self._tls: ssl.SSLContext | None = None
+        self._sweep_handle: asyncio.TimerHandle | None = None
 
     async def request(
         self, method: str, url: str, body: bytes | None, *, headers: bytes, timeout: float
@@ -161,6 +162,9 @@ class HttpClient:
                 return reply
 
     async def close(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         for conn in [*self._busy, *(c for idle in self._idle.values() for c in idle)]:
             conn.close()
         self._idle.clear()
@@ -173,9 +177,10 @@ class HttpClient:
             host = parts.hostname or ""
             port = parts.port or (443 if parts.scheme == "https" else 80)
             shown = f"[{host}]" if ":" in host else host
+            if parts.port is not None:  # as written: no default port added
+                shown = f"{shown}:{port}"
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            target = _Target((parts.scheme, host, port), f"{shown}:{port}".encode("idna"),
-                             path.encode())
+            target = _Target((parts.scheme, host, port), shown.encode("idna"), path.encode())
             if len(self._targets) < 1024:  # a handful of upstream URLs in practice
                 self._targets[url] = target
         return target
@@ -213,5 +218,24 @@ class HttpClient:
         if len(idle) >= MAX_IDLE_PER_ORIGIN:
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
         idle.append(conn)
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_later(self.keepalive, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for ``keepalive`` seconds, also those to upstreams that get
+        no more requests (a removed backend, a stopped instance's port)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for origin, idle in list(self._idle.items()):
+            fresh = [c for c in idle if not c.closed and now - c.idle_since < self.keepalive]
+            for conn in idle:
+                if conn not in fresh:
+                    conn.close()
+            if fresh:
+                self._idle[origin] = fresh
+            else:
+                del self._idle[origin]
+        self._sweep_handle = loop.call_later(self.keepalive, self._sweep) if self._idle else None

@@ -85,7 +85,7 @@ async def test_requests_share_one_kept_alive_connection(client: HttpClient) -> N
     assert sent["body"] == '{"a":1}'
     assert sent["headers"]["Authorization"] == "Bearer k"
     assert sent["headers"]["Content-Length"] == "7"
-    assert sent["headers"]["Host"] == url.removeprefix("http://")
+    assert sent["headers"]["Host"] == url.removeprefix("http://")  # the port as written
     assert orjson.loads(second.body)["method"] == "GET"
     assert len(peers) == 1
 
@@ -204,3 +204,31 @@ async def test_an_upstream_that_is_not_listening_is_an_error(client: HttpClient)
     with pytest.raises(HttpError, match=r"refused|Connect call failed"):
         await client.request("GET", f"http://127.0.0.1:{free_port()}/", None,
                              headers=b"", timeout=5)
+
+
+async def test_idle_connections_are_closed_after_keepalive() -> None:
+    closed = asyncio.Event()
+
+    async def answer_then_watch(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        if await reader.read(1) == b"":
+            closed.set()
+
+    http = HttpClient(keepalive=0.2)
+    try:
+        async with raw_server(answer_then_watch) as (url, _):
+            await http.request("GET", url, None, headers=b"", timeout=5)
+            await asyncio.wait_for(closed.wait(), 5)  # no further request needed for it
+    finally:
+        await http.close()
+
+
+def test_the_host_header_is_the_authority_as_written() -> None:
+    http = HttpClient()
+    assert http._target("https://api.example.com/v1/embeddings").host_header \
+        == b"api.example.com"
+    assert http._target("http://[::1]:8080/v1").host_header == b"[::1]:8080"
+    assert http._target("http://h:80/x?y=1").path == b"/x?y=1"
