@@ -106,8 +106,10 @@ class _Connection(asyncio.Protocol):
         if status < 200:  # an interim answer (100 Continue): the real one follows
             self.body, self.headers_done, self.framed = [], False, False
             return
-        if self.reply is not None and not self.reply.done():
-            self.reply.set_result(Reply(status, b"".join(self.body)))
+        if self.reply is None or self.reply.done():  # an answer nobody asked for
+            self.close()
+            return
+        self.reply.set_result(Reply(status, b"".join(self.body)))
         if not self.parser.should_keep_alive():
             self.close()
 

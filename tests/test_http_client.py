@@ -232,3 +232,24 @@ def test_the_host_header_is_the_authority_as_written() -> None:
         == b"api.example.com"
     assert http._target("http://[::1]:8080/v1").host_header == b"[::1]:8080"
     assert http._target("http://h:80/x?y=1").path == b"/x?y=1"
+
+
+async def test_an_answer_nobody_asked_for_never_answers_the_next_request(
+    client: HttpClient,
+) -> None:
+    async def answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+        await writer.drain()
+        try:
+            await read_request(reader)
+        except asyncio.IncompleteReadError:
+            return  # the client hung up on this connection, as it should
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwrong")
+        await writer.drain()
+
+    async with raw_server(answers_twice) as (url, connections):
+        assert (await client.request("GET", url, None, headers=b"", timeout=5)).body == b"first"
+        assert (await client.request("GET", url, None, headers=b"", timeout=5)).body == b"first"
+    assert len(connections) == 2
