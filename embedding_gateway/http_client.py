@@ -10,18 +10,24 @@ gateway added to its upstream's latency. This does the same exchange in a tenth 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
 USER_AGENT = b"embedding-gateway"
 MAX_IDLE_PER_ORIGIN = 64
+MAX_BODY_BYTES = 512 * 1024 * 1024  # 4096 inputs of 4096-d as float JSON fit; endless do not
 
 
 class HttpError(Exception):
     """No HTTP answer: the upstream could not be reached, hung up, or did not speak HTTP."""
+
+
+class _Unanswered(HttpError):
+    """The connection ended before a byte of the answer came."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +41,19 @@ class _Target:
     origin: tuple[str, str, int]  # scheme, host, port: what a pooled connection can serve
     host_header: bytes
     path: bytes
+    auth: bytes  # an Authorization line from credentials in the URL, or nothing
 
 
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection carrying one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.reply: asyncio.Future[Reply] | None = None
         self.body: list[bytes] = []
+        self.size = 0
         self.headers_done = False
         self.framed = False  # Content-Length or chunked: the end is in the stream, not at EOF
         self.received = False  # any byte of an answer to the current request
@@ -54,7 +63,8 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[Reply]:
         assert self.transport is not None
         self.reply = asyncio.get_running_loop().create_future()
-        self.body, self.headers_done, self.framed, self.received = [], False, False, False
+        self.body, self.size = [], 0
+        self.headers_done, self.framed, self.received = False, False, False
         self.transport.write(data)
         return self.reply
 
@@ -73,17 +83,22 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.reply is None or self.reply.done():  # bytes nobody asked for
+            self.close()
+            return
         self.received = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(HttpError(f"invalid HTTP response ({exc})"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(HttpError(f"invalid HTTP response ({exc or exc.__class__.__name__})"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.headers_done and not self.framed:  # a body that ends where the stream does
+        if self.headers_done and not self.framed and exc is None:  # ends where the stream does
             self.on_message_complete()
+        if not self.received:
+            self._fail(_Unanswered("the connection closed before an answer came"))
         self._fail(HttpError("the connection closed before a whole answer came"))
 
     # httptools callbacks
@@ -95,10 +110,19 @@ class _Connection(asyncio.Protocol):
         ):
             self.framed = True
 
+    def on_message_begin(self) -> None:
+        if self.reply is None or self.reply.done():  # a second answer to one request
+            self.close()
+
     def on_headers_complete(self) -> None:
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.max_body:
+            self._fail(HttpError(f"the answer is larger than {self.max_body} bytes"))
+            self.close()
+            return
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -117,8 +141,9 @@ class _Connection(asyncio.Protocol):
 class HttpClient:
     """Requests to upstreams over keep-alive connections, pooled per origin."""
 
-    def __init__(self, *, keepalive: float = 60.0) -> None:
+    def __init__(self, *, keepalive: float = 60.0, max_body: int = MAX_BODY_BYTES) -> None:
         self.keepalive = keepalive
+        self.max_body = max_body
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._busy: set[_Connection] = set()
         self._targets: dict[str, _Target] = {}
@@ -131,37 +156,41 @@ class HttpClient:
         """Send one request and read its whole answer within ``timeout`` seconds.
 
         ``headers`` are extra header lines, each ending in CRLF. A kept-alive connection that
-        the upstream closed meanwhile is detected by the request failing before any answer
-        came; it is then sent once more on a new connection.
+        the upstream closed while it was idle ends before any answer comes; the request is
+        then sent once more, on a new connection, and the origin's other idle connections,
+        likely as stale, are dropped.
         """
         target = self._target(url)
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n%s" % (
-            method.encode(), target.path, target.host_header, USER_AGENT, headers
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n%s%s" % (
+            method.encode(), target.path, target.host_header, USER_AGENT, target.auth, headers
         )
         if body is not None:
             head += b"Content-Length: %d\r\n" % len(body)
         data = head + b"\r\n" + (body or b"")
         async with asyncio.timeout(timeout):
-            while True:
-                conn = self._take_idle(target.origin)
-                reused = conn is not None
-                if conn is None:
-                    conn = await self._connect(target)
-                self._busy.add(conn)
+            conn = self._take_idle(target.origin)
+            if conn is not None:
                 try:
-                    reply = await conn.send(data)
-                except HttpError:
-                    conn.close()
-                    if reused and not conn.received:
-                        continue  # the upstream had closed it while idle
-                    raise
-                except BaseException:  # timed out or cancelled mid-exchange: unusable
-                    conn.close()
-                    raise
-                finally:
-                    self._busy.discard(conn)
-                self._put_idle(target.origin, conn)
-                return reply
+                    return await self._exchange(conn, data, target.origin)
+                except _Unanswered:
+                    for stale in self._idle.pop(target.origin, []):
+                        stale.close()
+            conn = await self._connect(target)
+            return await self._exchange(conn, data, target.origin)
+
+    async def _exchange(
+        self, conn: _Connection, data: bytes, origin: tuple[str, str, int]
+    ) -> Reply:
+        self._busy.add(conn)
+        try:
+            reply = await conn.send(data)
+        except BaseException:  # failed, timed out or cancelled mid-exchange: unusable
+            conn.close()
+            raise
+        finally:
+            self._busy.discard(conn)
+        self._put_idle(origin, conn)
+        return reply
 
     async def close(self) -> None:
         if self._sweep_handle is not None:
@@ -182,7 +211,12 @@ class HttpClient:
             if parts.port is not None:  # as written: no default port added
                 shown = f"{shown}:{port}"
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            target = _Target((parts.scheme, host, port), shown.encode("idna"), path.encode())
+            auth = b""
+            if parts.username is not None:  # http://user:password@host: Basic, as browsers do
+                pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+                auth = b"Authorization: Basic %s\r\n" % base64.b64encode(pair)
+            target = _Target((parts.scheme, host, port), shown.encode("idna"), path.encode(),
+                             auth)
             if len(self._targets) < 1024:  # a handful of upstream URLs in practice
                 self._targets[url] = target
         return target
@@ -197,7 +231,8 @@ class HttpClient:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_connection(
-                _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+                lambda: _Connection(self.max_body), host, port,
+                ssl=tls, server_hostname=host if tls else None,
             )
         except OSError as exc:  # refused, unreachable, name not found, TLS failure
             raise HttpError(str(exc) or exc.__class__.__name__) from exc

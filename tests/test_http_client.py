@@ -4,6 +4,9 @@ raw asyncio ones for the ways a connection can end badly."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -253,3 +256,83 @@ async def test_an_answer_nobody_asked_for_never_answers_the_next_request(
         assert (await client.request("GET", url, None, headers=b"", timeout=5)).body == b"first"
         assert (await client.request("GET", url, None, headers=b"", timeout=5)).body == b"first"
     assert len(connections) == 2
+
+
+async def test_a_request_the_upstream_dropped_unanswered_is_sent_at_most_twice() -> None:
+    """A worker that reads a request and dies (or an input that kills it) must not get the
+    request again on every pooled connection."""
+    received: list[bytes] = []
+    answering = True
+
+    async def drop_when_told(reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                received.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                return
+            if not answering:
+                return  # read it, then hang up without a word
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    http = HttpClient()
+    try:
+        async with raw_server(drop_when_told) as (url, _):
+            await asyncio.gather(*(http.request("GET", url, None, headers=b"", timeout=5)
+                                   for _ in range(8)))  # eight pooled connections
+            received.clear()
+            answering = False
+            with pytest.raises(HttpError, match="closed before an answer"):
+                await http.request("POST", url, b"{}", headers=b"", timeout=5)
+            assert len(received) == 2  # the stale-connection retry, once
+    finally:
+        await http.close()
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth(client: HttpClient) -> None:
+    app, _ = echo_app()
+    async with serve_fake(app) as url:
+        with_user = url.replace("http://", "http://us%40er:p%3Ass@")
+        reply = await client.request("GET", f"{with_user}/x", None, headers=b"", timeout=5)
+    sent = orjson.loads(reply.body)
+    assert sent["headers"]["Authorization"] == "Basic dXNAZXI6cDpzcw=="  # us@er:p:ss
+    assert sent["headers"]["Host"] == url.removeprefix("http://")
+
+
+async def test_an_endless_answer_is_cut_off_at_the_size_limit() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+                await writer.drain()
+
+    http = HttpClient(max_body=1 << 20)
+    try:
+        async with raw_server(endless) as (url, _):
+            with pytest.raises(HttpError, match="larger than 1048576 bytes"):
+                await http.request("GET", url, None, headers=b"", timeout=10)
+    finally:
+        await http.close()
+
+
+async def test_an_answer_cut_off_before_its_unannounced_end_is_an_error(
+    client: HttpClient,
+) -> None:
+    """A body without a length ends with the connection, but only with a clean close."""
+
+    async def reset_midway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"data\": [1, 2")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        linger_zero = struct.pack("ii", 1, 0)  # close with a reset, not a clean end
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   linger_zero)
+        writer.transport.abort()
+
+    async with raw_server(reset_midway) as (url, _):
+        with pytest.raises(HttpError):
+            await client.request("GET", url, None, headers=b"", timeout=5)
