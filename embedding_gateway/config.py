@@ -10,6 +10,7 @@ an integer and ``playground: "no"`` as a boolean.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import re
@@ -143,6 +144,8 @@ class ManagedConfig:
         misplaced = sorted(given & set(other))
         if misplaced:
             raise ValueError(f"{', '.join(misplaced)}: not used by runtime {self.runtime}")
+        if self.ports and not all(0 < port < 65536 for port in self.ports):
+            raise ValueError(f"ports {list(self.ports)} must be between 1 and 65535")
         if self.ports and self.ports[0] > self.ports[1]:
             raise ValueError("ports must be [low, high]")
         if self.ports and self.ports[1] - self.ports[0] + 1 < self.max_instances:
@@ -171,6 +174,8 @@ class BackendConfig:
             raise ValueError("discover and keep_alive are for ollama backends only")
         if not self.models and not self.discover:
             raise ValueError("a backend needs at least one model (or discover: true)")
+        if self.api_key and urlsplit(self.base_url).username is not None:
+            raise ValueError("credentials in base_url and api_key: give one of them")
 
 
 @frozen(kw_only=True)
@@ -195,8 +200,10 @@ _BOOL_TEXT = {"1": True, "on": True, "t": True, "true": True, "y": True, "yes": 
 
 
 def _to_int(value: Any) -> int | None:
-    if isinstance(value, int):  # a bool too: true is 1
-        return int(value)
+    if isinstance(value, bool):  # `port: true` is a mistake, not 1
+        return None
+    if isinstance(value, int):
+        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and _INT_TEXT.fullmatch(text := value.strip()):
@@ -205,12 +212,15 @@ def _to_int(value: Any) -> int | None:
 
 
 def _to_float(value: Any) -> float | None:
-    if isinstance(value, int | float):
-        return float(value)
+    if isinstance(value, bool):
+        return None
+    if not isinstance(value, int | float | str) or (isinstance(value, str) and not value.isascii()):
+        return None
     try:
-        return float(value) if isinstance(value, str) and value.isascii() else None
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
 
 
 def _to_bool(value: Any) -> bool | None:
@@ -466,6 +476,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -301,6 +301,10 @@ def test_boolean_spellings(text: object, value: bool) -> None:
     ("host", 8000, "server.host: expected a string, got 8000"),
     ("health_interval", 0, "server.health_interval: must be > 0, got 0"),
     ("limits", [], "server.limits: expected a mapping, got []"),
+    ("port", True, "server.port: expected an integer, got True"),  # a mistake, not port 1
+    ("shutdown_timeout", False, "server.shutdown_timeout: expected a number, got False"),
+    ("health_timeout", float("inf"), "server.health_timeout: expected a number, got inf"),
+    ("health_timeout", ".nan", "server.health_timeout: expected a number, got '.nan'"),
 ])
 def test_a_wrong_value_says_what_was_expected_and_what_was_given(
         where: str, value: object, message: str) -> None:
@@ -342,3 +346,24 @@ def test_keep_alive_takes_a_duration_or_seconds() -> None:
                                    "keep_alive": "5m", "models": {"m": {"keep_alive": 300}}}}}
     ollama = parse_config(document, env={}).backends["o"]
     assert ollama.keep_alive == "5m" and ollama.models["m"].keep_alive == 300
+
+
+def test_bad_managed_port_ranges_and_doubled_credentials_are_refused() -> None:
+    managed = {"runtime": "docker", "image": "x:1", "ports": [-5, 70000]}
+    document = one_backend(managed=managed)
+    document["backends"]["u"] = {"kind": "openai", "base_url": "http://user:pw@h:8000",
+                                 "api_key": "k", "models": {"n": {}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={})
+    assert sorted(caught.value.problems) == [
+        "backends.t.managed: ports [-5, 70000] must be between 1 and 65535",
+        "backends.u: credentials in base_url and api_key: give one of them",
+    ]
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("backends: {}\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [f"{path}: not UTF-8 text (byte 18)"]
