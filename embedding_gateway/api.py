@@ -46,6 +46,11 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
     except ConnectionError:  # the client left; the request itself went well
         fields["error"] = "the client went away while the response was being written"
+    except Exception:
+        # the status line is out: cutting the connection is the only honest signal left
+        if request.transport is not None:
+            request.transport.close()
+        raise
     return response
 
 

@@ -92,6 +92,7 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         fields["error"] = error.message
     except Exception:
         log.exception("unhandled_error", request_id=request_id, path=request.path)
+        fields["error"] = "internal error"
         response = render_error(InternalError("internal error; see the gateway's log"),
                                 request_id)
     try:  # the client has its answer before the bookkeeping below, not after it

@@ -289,6 +289,41 @@ async def test_a_client_gone_before_the_answer_is_logged_as_gone() -> None:
             assert not [e for e in events if e["event"] == "unhandled_error"]
 
 
+async def test_a_failure_midway_through_a_streamed_answer_cuts_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a 200 is on the wire, a later failure cannot become a second answer."""
+    import embedding_gateway.api
+
+    real_chunks = embedding_gateway.api.response_chunks
+
+    def failing_chunks(*args: Any, **kwargs: Any) -> Any:
+        chunks = real_chunks(*args, **kwargs)
+        yield next(chunks)
+        raise RuntimeError("an encoder bug")
+
+    monkeypatch.setattr(embedding_gateway.api, "response_chunks", failing_chunks)
+    async with serve_fake(create_vllm_app("org/v", dims=1024)) as vllm:
+        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "max_batch": 512,
+                                     "models": {"org/v": {}}}}}
+        async with run_gateway(config) as url:
+            host, port = url.removeprefix("http://").split(":")
+            body = orjson.dumps({"model": "org/v", "input": [f"t{i}" for i in range(128)]})
+            with capture_logs() as events:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+                received = await asyncio.wait_for(reader.read(), 10)  # until it is cut
+                writer.close()
+            assert received.startswith(b"HTTP/1.1 200")
+            assert received.count(b"HTTP/1.1") == 1
+            assert not received.endswith(b"0\r\n\r\n")  # no clean end of the chunked body
+            [line] = [e for e in events if e["event"] == "request"]
+            assert line["error"] == "internal error"
+            assert [e for e in events if e["event"] == "unhandled_error"]
+
+
 async def test_a_client_leaving_during_a_large_response_is_not_an_internal_error() -> None:
     async with serve_fake(create_vllm_app("org/v", dims=1024)) as vllm:
         config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "max_batch": 512,
