@@ -22,7 +22,7 @@ from .errors import (
     PayloadTooLarge,
     Unavailable,
 )
-from .state import GATEWAY, LOG_FIELDS, Gateway
+from .state import GATEWAY, LOG_FIELDS, REQUEST_ID, Gateway
 
 log = structlog.get_logger("embedding_gateway.request")
 
@@ -66,6 +66,7 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = (incoming if incoming is not None and _REQUEST_ID.match(incoming)
                   else os.urandom(16).hex())
     gateway = request.app[GATEWAY]
+    request[REQUEST_ID] = request_id
     fields: dict[str, object] = {}
     request[LOG_FIELDS] = fields
     started = time.perf_counter()

@@ -178,3 +178,4 @@ class Gateway:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, Any])
+REQUEST_ID = web.RequestKey("request_id", str)

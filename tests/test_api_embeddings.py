@@ -289,6 +289,19 @@ async def test_a_client_gone_before_the_answer_is_logged_as_gone() -> None:
             assert not [e for e in events if e["event"] == "unhandled_error"]
 
 
+async def test_a_streamed_answer_carries_the_request_id() -> None:
+    async with serve_fake(create_vllm_app("org/v", dims=1024)) as vllm:
+        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "max_batch": 512,
+                                     "models": {"org/v": {}}}}}
+        async with run_gateway(config) as url, aiohttp.ClientSession() as session:
+            body = {"model": "org/v", "input": [f"t{i}" for i in range(128)]}
+            async with session.post(f"{url}/v1/embeddings", json=body,
+                                    headers={"X-Request-ID": "big-1"}) as resp:
+                assert resp.headers.get("Transfer-Encoding") == "chunked"  # streamed
+                assert resp.headers["X-Request-ID"] == "big-1"
+                assert len((await resp.json())["data"]) == 128
+
+
 async def test_a_failure_midway_through_a_streamed_answer_cuts_the_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
