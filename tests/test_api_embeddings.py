@@ -261,45 +261,61 @@ async def test_a_vllm_served_model_name_is_what_requests_carry() -> None:
                 == "/models/qwen"
 
 
-async def test_a_client_gone_before_the_answer_is_logged_as_gone() -> None:
-    """The answer is written before the log line; a client that left while the upstream
-    worked is named in that line, and nothing fails."""
-    app = create_vllm_app("org/v", dims=8)
-    app[FAKE_STATE].delay = 0.3
+@asynccontextmanager
+async def vllm_gateway(dims: int, delay: float = 0.0) -> AsyncIterator[tuple[str, int]]:
+    """A gateway over one fake vLLM serving ``org/v``; yields the gateway's host and port.
+    Answers of more than 64 inputs of 1024-d are streamed."""
+    app = create_vllm_app("org/v", dims=dims)
+    app[FAKE_STATE].delay = delay
     async with serve_fake(app) as vllm:
-        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm,
+        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "max_batch": 512,
                                      "models": {"org/v": {}}}}}
         async with run_gateway(config) as url:
             host, port = url.removeprefix("http://").split(":")
-            body = orjson.dumps({"model": "org/v", "input": "hello"})
-            with capture_logs() as events:
-                _, writer = await asyncio.open_connection(host, int(port))
-                writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                await writer.drain()
-                await asyncio.sleep(0.1)
-                writer.transport.abort()  # gone while the upstream is still at work
-                for _ in range(100):
-                    if any(e["event"] == "request" for e in events):
-                        break
-                    await asyncio.sleep(0.05)
-            [line] = [e for e in events if e["event"] == "request"]
-            assert "went away" in line["error"]
-            assert line["model"] == "org/v"
-            assert not [e for e in events if e["event"] == "unhandled_error"]
+            yield host, int(port)
+
+
+def raw_request(inputs: int, request_id: str = "raw-1") -> bytes:
+    body = orjson.dumps({"model": "org/v", "input": [f"t{i}" for i in range(inputs)]})
+    return (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-Request-ID: %s\r\nContent-Length: %d\r\n\r\n" % (request_id.encode(),
+                                                                  len(body)) + body)
+
+
+async def request_line(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request's log line, once it is written."""
+    for _ in range(100):
+        if any(e["event"] == "request" for e in events):
+            break
+        await asyncio.sleep(0.05)
+    [line] = [e for e in events if e["event"] == "request"]
+    return line
+
+
+async def test_a_client_gone_before_the_answer_is_logged_as_gone() -> None:
+    """The answer is written before the log line; a client that left while the upstream
+    worked is named in that line, and nothing fails."""
+    async with vllm_gateway(dims=8, delay=0.3) as (host, port):
+        with capture_logs() as events:
+            _, writer = await asyncio.open_connection(host, port)
+            writer.write(raw_request(1))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.transport.abort()  # gone while the upstream is still at work
+            line = await request_line(events)
+        assert "went away" in line["error"]
+        assert line["model"] == "org/v"
+        assert not [e for e in events if e["event"] == "unhandled_error"]
 
 
 async def test_a_streamed_answer_carries_the_request_id() -> None:
-    async with serve_fake(create_vllm_app("org/v", dims=1024)) as vllm:
-        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "max_batch": 512,
-                                     "models": {"org/v": {}}}}}
-        async with run_gateway(config) as url, aiohttp.ClientSession() as session:
-            body = {"model": "org/v", "input": [f"t{i}" for i in range(128)]}
-            async with session.post(f"{url}/v1/embeddings", json=body,
-                                    headers={"X-Request-ID": "big-1"}) as resp:
-                assert resp.headers.get("Transfer-Encoding") == "chunked"  # streamed
-                assert resp.headers["X-Request-ID"] == "big-1"
-                assert len((await resp.json())["data"]) == 128
+    async with vllm_gateway(dims=1024) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(raw_request(128, request_id="big-1"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+    assert b"Transfer-Encoding: chunked" in head  # streamed
+    assert b"X-Request-ID: big-1" in head
 
 
 async def test_a_failure_midway_through_a_streamed_answer_cuts_the_connection(
@@ -316,49 +332,31 @@ async def test_a_failure_midway_through_a_streamed_answer_cuts_the_connection(
         raise RuntimeError("an encoder bug")
 
     monkeypatch.setattr(embedding_gateway.api, "response_chunks", failing_chunks)
-    async with serve_fake(create_vllm_app("org/v", dims=1024)) as vllm:
-        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "max_batch": 512,
-                                     "models": {"org/v": {}}}}}
-        async with run_gateway(config) as url:
-            host, port = url.removeprefix("http://").split(":")
-            body = orjson.dumps({"model": "org/v", "input": [f"t{i}" for i in range(128)]})
-            with capture_logs() as events:
-                reader, writer = await asyncio.open_connection(host, int(port))
-                writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                await writer.drain()
-                received = await asyncio.wait_for(reader.read(), 10)  # until it is cut
-                writer.close()
-            assert received.startswith(b"HTTP/1.1 200")
-            assert received.count(b"HTTP/1.1") == 1
-            assert not received.endswith(b"0\r\n\r\n")  # no clean end of the chunked body
-            [line] = [e for e in events if e["event"] == "request"]
-            assert line["error"] == "internal error"
-            assert [e for e in events if e["event"] == "unhandled_error"]
+    async with vllm_gateway(dims=1024) as (host, port):
+        with capture_logs() as events:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(raw_request(128))
+            received = await asyncio.wait_for(reader.read(), 10)  # until it is cut
+            writer.close()
+            line = await request_line(events)
+    assert received.startswith(b"HTTP/1.1 200")
+    assert received.count(b"HTTP/1.1") == 1
+    assert not received.endswith(b"0\r\n\r\n")  # no clean end of the chunked body
+    assert line["error"] == "internal error"
+    assert [e for e in events if e["event"] == "unhandled_error"]
 
 
 async def test_a_client_leaving_during_a_large_response_is_not_an_internal_error() -> None:
-    async with serve_fake(create_vllm_app("org/v", dims=1024)) as vllm:
-        config = {"backends": {"v": {"kind": "vllm", "base_url": vllm, "max_batch": 512,
-                                     "models": {"org/v": {}}}}}
-        async with run_gateway(config) as url:
-            host, port = url.removeprefix("http://").split(":")
-            body = orjson.dumps({"model": "org/v", "input": [f"t{i}" for i in range(2048)]})
-            with capture_logs() as events:
-                sock = socket.socket()
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # back-pressure soon
-                sock.connect((host, int(port)))
-                reader, writer = await asyncio.open_connection(sock=sock)
-                writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
-                             b"Content-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                await writer.drain()
-                assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-                writer.transport.abort()  # gone, with megabytes still to come
-                for _ in range(100):
-                    if any(e["event"] == "request" for e in events):
-                        break
-                    await asyncio.sleep(0.05)
-            [line] = [e for e in events if e["event"] == "request"]
-            assert "went away" in line["error"]
-            assert not [e for e in events if e["event"] == "unhandled_error"]
+    async with vllm_gateway(dims=1024) as (host, port):
+        with capture_logs() as events:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # back-pressure soon
+            sock.connect((host, port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(raw_request(2048))
+            await writer.drain()
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            writer.transport.abort()  # gone, with megabytes still to come
+            line = await request_line(events)
+        assert "went away" in line["error"]
+        assert not [e for e in events if e["event"] == "unhandled_error"]
