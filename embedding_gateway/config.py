@@ -437,19 +437,49 @@ def _duplicate_names(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _cross_checks(config: GatewayConfig) -> list[str]:
+Placed = tuple[str, str | None, ModelConfig]  # where, its backend's kind, the model
+
+
+def _placed(backends: dict[str, BackendConfig]) -> list[Placed]:
+    return [(f"backends.{backend_name}.models.{model_name}", backend.kind, opts)
+            for backend_name, backend in backends.items()
+            for model_name, opts in backend.models.items()]
+
+
+def _cross_checks(gpus: dict[str, GpuConfig] | None, models: list[Placed]) -> list[str]:
+    """Rules between sections; ``gpus`` is ``None`` when that section is itself invalid."""
     problems = []
-    for backend_name, backend in config.backends.items():
-        for model_name, opts in backend.models.items():
-            where = f"backends.{backend_name}.models.{model_name}"
-            if opts.gpu is not None and opts.gpu not in config.gpus:
-                problems.append(f"{where}.gpu: device {opts.gpu!r} is not declared under gpus")
-            elif opts.gpu is not None and (opts.memory_gb or 0) > config.gpus[opts.gpu].memory_gb:
-                problems.append(f"{where}.memory_gb: {opts.memory_gb:g} GB can never fit on "
-                                f"device {opts.gpu!r} ({config.gpus[opts.gpu].memory_gb:g} GB)")
-            if opts.keep_alive is not None and backend.kind != "ollama":
-                problems.append(f"{where}.keep_alive: only ollama backends take keep_alive")
+    for where, kind, opts in models:
+        if opts.gpu is not None and gpus is not None and opts.gpu not in gpus:
+            problems.append(f"{where}.gpu: device {opts.gpu!r} is not declared under gpus")
+        elif opts.gpu is not None and gpus is not None and \
+                (opts.memory_gb or 0) > gpus[opts.gpu].memory_gb:
+            problems.append(f"{where}.memory_gb: {opts.memory_gb:g} GB can never fit on "
+                            f"device {opts.gpu!r} ({gpus[opts.gpu].memory_gb:g} GB)")
+        if opts.keep_alive is not None and kind not in ("ollama", None):
+            problems.append(f"{where}.keep_alive: only ollama backends take keep_alive")
     return problems
+
+
+def _valid_parts(data: dict[str, Any]) -> tuple[dict[str, GpuConfig] | None, list[Placed]]:
+    """The pieces of an invalid document that are valid by themselves (the gpus section, each
+    model's options), so that the rules between them are checked too: every problem in one
+    pass."""
+    def part(kind: Any, value: Any) -> Any:
+        try:
+            return _converter.structure(value, kind)
+        except (ClassValidationError, ValueError):
+            return None
+
+    models = []
+    for backend_name, backend in _as_dict(data.get("backends")).items():
+        kind = _as_dict(backend).get("kind")
+        for model_name, raw in _as_dict(_as_dict(backend).get("models")).items():
+            opts = part(ModelConfig, raw)
+            if opts is not None:
+                models.append((f"backends.{backend_name}.models.{model_name}",
+                               kind if kind in get_args(BackendKind) else None, opts))
+    return part(dict[DeviceId, GpuConfig], data.get("gpus", {})), models
 
 
 def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -464,8 +494,9 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> GatewayConfi
     except (ClassValidationError, ValueError) as exc:
         unset = {p.split(": ", 1)[0] for p in problems}  # a follow-on error adds nothing
         problems += [p for p in _problems(exc, "") if p.split(": ", 1)[0] not in unset]
+        problems += _cross_checks(*_valid_parts(data))
         raise ConfigError(problems) from None
-    problems += _cross_checks(config)
+    problems += _cross_checks(config.gpus, _placed(config.backends))
     if problems:
         raise ConfigError(problems)
     return config

@@ -367,3 +367,19 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.problems == [f"{path}: not UTF-8 text (byte 18)"]
+
+
+def test_rules_between_sections_are_checked_beside_type_errors() -> None:
+    document = {"server": {"port": "eighty"}, "gpus": {0: {"memory_gb": 24}}, "backends": {
+        "t": {"kind": "tei", "base_url": "http://h:1", "max_batch": "lots",
+              "models": {"n": {"gpu": 7}, "k": {"keep_alive": "5m"}, "big": {
+                  "gpu": 0, "memory_gb": 80}}}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={})
+    assert sorted(caught.value.problems) == [
+        "backends.t.max_batch: expected an integer or null, got 'lots'",
+        "backends.t.models.big.memory_gb: 80 GB can never fit on device '0' (24 GB)",
+        "backends.t.models.k.keep_alive: only ollama backends take keep_alive",
+        "backends.t.models.n.gpu: device '7' is not declared under gpus",
+        "server.port: expected an integer, got 'eighty'",
+    ]
