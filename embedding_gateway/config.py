@@ -10,6 +10,7 @@ an integer and ``playground: "no"`` as a boolean.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import operator
 import os
@@ -102,6 +103,12 @@ class ModelConfig:
     keep_alive: str | int | None = None  # Ollama only
 
 
+def ssh_supported() -> bool:
+    """Docker's SDK reaches ``ssh://`` engines through paramiko, an optional extra: it weighs
+    about 14 MB of memory that gateways on a local or ``tcp://`` engine need not carry."""
+    return importlib.util.find_spec("paramiko") is not None
+
+
 DOCKER_ONLY = ("image", "args", "container_port", "gpus", "volumes", "docker_host", "init",
                "shm_size", "pull")
 
@@ -144,6 +151,9 @@ class ManagedConfig:
         misplaced = sorted(given & set(other))
         if misplaced:
             raise ValueError(f"{', '.join(misplaced)}: not used by runtime {self.runtime}")
+        if (self.docker_host or "").startswith("ssh://") and not ssh_supported():
+            raise ValueError("docker_host ssh://… needs paramiko: "
+                             "pip install 'embedding-gateway[ssh]'")
         if self.ports and not all(0 < port < 65536 for port in self.ports):
             raise ValueError(f"ports {list(self.ports)} must be between 1 and 65535")
         if self.ports and self.ports[0] > self.ports[1]:

@@ -383,3 +383,18 @@ def test_rules_between_sections_are_checked_beside_type_errors() -> None:
         "backends.t.models.n.gpu: device '7' is not declared under gpus",
         "server.port: expected an integer, got 'eighty'",
     ]
+
+
+def test_an_ssh_engine_without_paramiko_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import embedding_gateway.config
+
+    managed = {"runtime": "docker", "image": "x:1", "docker_host": "ssh://me@gpu-1"}
+    assert parse_config(one_backend(managed=managed), env={})  # paramiko is installed here
+    monkeypatch.setattr(embedding_gateway.config, "ssh_supported", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(one_backend(managed=managed), env={})
+    assert caught.value.problems == [
+        "backends.t.managed: docker_host ssh://… needs paramiko: "
+        "pip install 'embedding-gateway[ssh]'"]

@@ -99,7 +99,7 @@ class DockerRuntime:
 
     def _connect(self) -> docker.DockerClient:
         # from_env reads DOCKER_TLS_VERIFY and DOCKER_CERT_PATH too: a tcp:// engine on 2376
-        # speaks TLS when they are set. ssh:// needs paramiko (the docker[ssh] extra).
+        # speaks TLS when they are set. ssh:// needs paramiko (the [ssh] extra).
         environment = dict(os.environ)
         if self._docker_host is not None:
             environment["DOCKER_HOST"] = self._docker_host
