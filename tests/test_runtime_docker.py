@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import docker
 import pytest
+from aiohttp import web
 from docker.errors import ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
@@ -24,6 +25,7 @@ from tests.docker_support import (
     test_image,  # noqa: F401
     unique_name,
 )
+from tests.fakes import serve_fake
 from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
@@ -273,3 +275,33 @@ def test_an_engine_named_by_docker_host_in_the_environment_is_remote(
     assert DockerRuntime(ManagedConfig(runtime="docker", image="x:1"))._local
     unix = ManagedConfig(runtime="docker", image="x:1", docker_host="unix:///run/docker.sock")
     assert DockerRuntime(unix)._local
+
+
+async def test_an_engine_that_stops_answering_holds_only_its_own_threads() -> None:
+    """Docker calls stuck on a silent engine must not starve the loop's default executor,
+    which resolves upstream host names."""
+    release = asyncio.Event()
+
+    async def engine(request: web.Request) -> web.Response:
+        if request.path.endswith("/_ping"):
+            return web.Response(text="OK")
+        if request.path.endswith("/version"):
+            return web.json_response({"ApiVersion": "1.43", "Version": "24.0"})
+        await release.wait()  # every other call hangs
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", engine)
+    async with serve_fake(app) as url:
+        managed = ManagedConfig(runtime="docker", image="any:latest",
+                                docker_host=url.replace("http://", "tcp://"))
+        runtime = DockerRuntime(managed)
+        stuck = [asyncio.create_task(runtime.find_existing(f"b{i}")) for i in range(12)]
+        await asyncio.sleep(0.5)
+        assert not any(task.done() for task in stuck)
+        loop = asyncio.get_running_loop()
+        resolved = await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 5)
+        assert resolved
+        release.set()
+        assert await asyncio.gather(*stuck) == [[]] * 12
+        await runtime.close()

@@ -1,6 +1,8 @@
 """Managed instances as Docker containers, local or on a remote engine (``tcp://``, ``ssh://``).
 
-The Docker SDK is blocking: every call runs in a worker thread via ``asyncio.to_thread``.
+The Docker SDK is blocking: every call runs in a worker thread of this runtime's own small
+pool, so an engine that stops answering holds only those threads, not the loop's default
+executor, which also resolves upstream host names.
 Containers carry ``embedding-gateway.*`` labels so a restarted gateway can find and adopt them.
 An image is pulled only when ``pull: true``; creating a container never pulls implicitly.
 """
@@ -9,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import docker
@@ -78,6 +82,7 @@ class DockerRuntime:
         self._docker_host = managed.docker_host
         self._client: docker.DockerClient | None = None
         self._connect_lock = asyncio.Lock()
+        self._threads: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"DockerRuntime(docker_host={self._where!r})"
@@ -111,7 +116,7 @@ class DockerRuntime:
         async with self._connect_lock:
             if self._client is None:
                 try:
-                    self._client = await asyncio.to_thread(self._connect)
+                    self._client = await self._in_thread(self._connect)
                 except (DockerException, OSError) as exc:
                     raise RuntimeStartError(
                         f"cannot reach the Docker daemon at {self._where}: {exc}") from exc
@@ -121,7 +126,7 @@ class DockerRuntime:
         """Run a blocking SDK call in a thread; a lost daemon becomes ``RuntimeStartError``,
         Docker's own errors (``NotFound``, conflicts) stay for the caller to judge."""
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await self._in_thread(fn, *args, **kwargs)
         except DockerException:  # APIError is an OSError too; it is Docker's answer
             raise
         except OSError as exc:  # requests' connection errors and timeouts
@@ -308,8 +313,17 @@ class DockerRuntime:
             await self._force_remove(container)
         log.info("container_removed", container=container.name)
 
+    async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="docker")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
+
     async def close(self) -> None:
         async with self._connect_lock:
             if self._client is not None:
                 await self._call(self._client.close)
                 self._client = None
+            if self._threads is not None:
+                self._threads.shutdown(wait=False)
+                self._threads = None
