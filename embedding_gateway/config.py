@@ -478,7 +478,7 @@ def _valid_parts(data: dict[str, Any]) -> tuple[dict[str, GpuConfig] | None, lis
     def part(kind: Any, value: Any) -> Any:
         try:
             return _converter.structure(value, kind)
-        except (ClassValidationError, ValueError):
+        except Exception:  # its problems are reported already: skip the piece
             return None
 
     models = []

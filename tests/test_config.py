@@ -398,3 +398,17 @@ def test_an_ssh_engine_without_paramiko_says_how_to_get_it(
     assert caught.value.problems == [
         "backends.t.managed: docker_host ssh://… needs paramiko: "
         "pip install 'embedding-gateway[ssh]'"]
+
+
+@pytest.mark.parametrize(("gpus", "problem"), [
+    (None, "gpus: expected a mapping, got None"),
+    (["a"], "gpus: expected a mapping, got ['a']"),
+    ({"0": None}, "gpus.0: expected a mapping, got None"),
+    ({"0": {"memory_gb": 1, "mem": 2}}, "gpus.0.mem: unknown key"),
+    ({"0": {"memory_gb": "abc"}}, "gpus.0.memory_gb: expected a number, got 'abc'"),
+])
+def test_a_broken_gpus_section_is_reported_not_raised(gpus: object, problem: str) -> None:
+    document = {"gpus": gpus, **one_backend(models={"m": {"gpu": 0}})}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={})
+    assert caught.value.problems == [problem]
