@@ -305,3 +305,32 @@ async def test_an_engine_that_stops_answering_holds_only_its_own_threads() -> No
         release.set()
         assert await asyncio.gather(*stuck) == [[]] * 12
         await runtime.close()
+
+
+async def test_a_closed_runtime_refuses_calls_and_closes_without_waiting() -> None:
+    """A retired supervisor's last request may still ask a closed runtime: it gets a clear
+    error, and no new pool or client is left behind; closing does not wait for stuck calls."""
+    release = asyncio.Event()
+
+    async def engine(request: web.Request) -> web.Response:
+        if request.path.endswith("/_ping"):
+            return web.Response(text="OK")
+        if request.path.endswith("/version"):
+            return web.json_response({"ApiVersion": "1.43", "Version": "24.0"})
+        await release.wait()
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", engine)
+    async with serve_fake(app) as url:
+        managed = ManagedConfig(runtime="docker", image="any:latest",
+                                docker_host=url.replace("http://", "tcp://"))
+        runtime = DockerRuntime(managed)
+        stuck = [asyncio.create_task(runtime.find_existing("b")) for _ in range(4)]
+        await asyncio.sleep(0.5)
+        await asyncio.wait_for(runtime.close(), 2)  # not behind the stuck calls
+        handle = InstanceHandle(spec=spec_for(managed), ref="gone")
+        with pytest.raises(RuntimeStartError, match="is closed"):
+            await runtime.is_alive(handle)
+        release.set()
+        await asyncio.gather(*stuck, return_exceptions=True)

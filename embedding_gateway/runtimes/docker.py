@@ -83,6 +83,7 @@ class DockerRuntime:
         self._client: docker.DockerClient | None = None
         self._connect_lock = asyncio.Lock()
         self._threads: ThreadPoolExecutor | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"DockerRuntime(docker_host={self._where!r})"
@@ -116,10 +117,14 @@ class DockerRuntime:
         async with self._connect_lock:
             if self._client is None:
                 try:
-                    self._client = await self._in_thread(self._connect)
+                    client = await self._in_thread(self._connect)
                 except (DockerException, OSError) as exc:
                     raise RuntimeStartError(
                         f"cannot reach the Docker daemon at {self._where}: {exc}") from exc
+                if self._closed:  # closed while connecting
+                    client.close()
+                    raise RuntimeStartError(f"the runtime for {self._where} is closed")
+                self._client = client
             return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -314,16 +319,20 @@ class DockerRuntime:
         log.info("container_removed", container=container.name)
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._closed:  # a retired supervisor's last request may still ask
+            raise RuntimeStartError(f"the runtime for {self._where} is closed")
         if self._threads is None:
             self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="docker")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
     async def close(self) -> None:
-        async with self._connect_lock:
-            if self._client is not None:
-                await self._call(self._client.close)
-                self._client = None
-            if self._threads is not None:
-                self._threads.shutdown(wait=False)
-                self._threads = None
+        """Closing never waits behind calls stuck on a silent engine: the client's sessions
+        are closed here, and the pool is told to go without waiting for its threads."""
+        self._closed = True
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
