@@ -13,7 +13,7 @@ import asyncio
 import base64
 import ssl
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import httptools
 
@@ -89,8 +89,11 @@ class _Connection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._fail(HttpError(f"invalid HTTP response ({exc or exc.__class__.__name__})"))
+        except httptools.HttpParserUpgrade:
+            self._fail(HttpError("the upstream switched protocols instead of answering"))
+            self.close()
+        except httptools.HttpParserError as exc:
+            self._fail(HttpError(f"invalid HTTP response ({exc})"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -213,7 +216,8 @@ class HttpClient:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             auth = b""
             if parts.username is not None:  # http://user:password@host: Basic, as browsers do
-                pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+                pair = (unquote_to_bytes(parts.username) + b":"
+                        + unquote_to_bytes(parts.password or ""))
                 auth = b"Authorization: Basic %s\r\n" % base64.b64encode(pair)
             target = _Target((parts.scheme, host, port), shown.encode("idna"), path.encode(),
                              auth)

@@ -4,6 +4,7 @@ raw asyncio ones for the ways a connection can end badly."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import struct
@@ -297,6 +298,8 @@ async def test_credentials_in_the_url_are_sent_as_basic_auth(client: HttpClient)
         reply = await client.request("GET", f"{with_user}/x", None, headers=b"", timeout=5)
     sent = orjson.loads(reply.body)
     assert sent["headers"]["Authorization"] == "Basic dXNAZXI6cDpzcw=="  # us@er:p:ss
+    latin1 = client._target("http://u:caf%E9@h:1/").auth  # the bytes the URL encodes
+    assert latin1 == b"Authorization: Basic " + base64.b64encode(b"u:caf\xe9") + b"\r\n"
     assert sent["headers"]["Host"] == url.removeprefix("http://")
 
 
