@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -277,24 +278,31 @@ def test_an_engine_named_by_docker_host_in_the_environment_is_remote(
     assert DockerRuntime(unix)._local
 
 
-async def test_an_engine_that_stops_answering_holds_only_its_own_threads() -> None:
-    """Docker calls stuck on a silent engine must not starve the loop's default executor,
-    which resolves upstream host names."""
-    release = asyncio.Event()
+@asynccontextmanager
+async def silent_engine(release: asyncio.Event) -> AsyncIterator[ManagedConfig]:
+    """A Docker engine that answers ping and version, and holds every other call until
+    ``release`` is set; yields a managed config pointing at it."""
 
     async def engine(request: web.Request) -> web.Response:
         if request.path.endswith("/_ping"):
             return web.Response(text="OK")
         if request.path.endswith("/version"):
             return web.json_response({"ApiVersion": "1.43", "Version": "24.0"})
-        await release.wait()  # every other call hangs
+        await release.wait()
         return web.json_response([])
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", engine)
     async with serve_fake(app) as url:
-        managed = ManagedConfig(runtime="docker", image="any:latest",
-                                docker_host=url.replace("http://", "tcp://"))
+        yield ManagedConfig(runtime="docker", image="any:latest",
+                            docker_host=url.replace("http://", "tcp://"))
+
+
+async def test_an_engine_that_stops_answering_holds_only_its_own_threads() -> None:
+    """Docker calls stuck on a silent engine must not starve the loop's default executor,
+    which resolves upstream host names."""
+    release = asyncio.Event()
+    async with silent_engine(release) as managed:
         runtime = DockerRuntime(managed)
         stuck = [asyncio.create_task(runtime.find_existing(f"b{i}")) for i in range(12)]
         await asyncio.sleep(0.5)
@@ -311,20 +319,7 @@ async def test_a_closed_runtime_refuses_calls_and_closes_without_waiting() -> No
     """A retired supervisor's last request may still ask a closed runtime: it gets a clear
     error, and no new pool or client is left behind; closing does not wait for stuck calls."""
     release = asyncio.Event()
-
-    async def engine(request: web.Request) -> web.Response:
-        if request.path.endswith("/_ping"):
-            return web.Response(text="OK")
-        if request.path.endswith("/version"):
-            return web.json_response({"ApiVersion": "1.43", "Version": "24.0"})
-        await release.wait()
-        return web.json_response([])
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", engine)
-    async with serve_fake(app) as url:
-        managed = ManagedConfig(runtime="docker", image="any:latest",
-                                docker_host=url.replace("http://", "tcp://"))
+    async with silent_engine(release) as managed:
         runtime = DockerRuntime(managed)
         stuck = [asyncio.create_task(runtime.find_existing("b")) for _ in range(4)]
         await asyncio.sleep(0.5)
