@@ -182,6 +182,18 @@ class Backend(ABC):
     async def probe(self, base_url: str, timeout: float) -> Probe:
         """Is the upstream up, and which configured models does it serve?"""
 
+    def check_served(self, serving: set[str], serves: str) -> Probe:
+        """A reachable upstream's check: each configured model is among ``serving``, or is a
+        mismatch that names what the upstream ``serves`` instead."""
+        probe = Probe(reachable=True)
+        for name, model in self.config.models.items():
+            expected = served_name(name, model)
+            if expected in serving:
+                probe.served.add(expected)
+            else:
+                probe.mismatch[name] = f"upstream serves {serves}, not {expected}"
+        return probe
+
     def canonical(self, name: str) -> str:
         """The upstream's own spelling of a model name (Ollama adds ``:latest``)."""
         return name

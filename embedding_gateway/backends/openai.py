@@ -56,13 +56,4 @@ class OpenAIBackend(Backend):
         body = await self.request_json("GET", f"{api_root(base_url)}/models", timeout=timeout)
         with reading(f"upstream {self.name!r} /v1/models"):
             ids = {str(m["id"]) for m in body["data"]}
-        probe = Probe(reachable=True)
-        for name, model in self.config.models.items():
-            expected = served_name(name, model)
-            if expected in ids:
-                probe.served.add(expected)
-            else:
-                probe.mismatch[name] = (
-                    f"upstream serves {', '.join(sorted(ids)) or 'no models'}, not {expected}"
-                )
-        return probe
+        return self.check_served(ids, ", ".join(sorted(ids)) or "no models")

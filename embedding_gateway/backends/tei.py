@@ -9,7 +9,7 @@ flat ``{"message","code","type"}``, on native routes ``{"error","error_type"}``.
 
 from __future__ import annotations
 
-from .base import Probe, reading, served_name
+from .base import Probe, reading
 from .openai import OpenAIBackend
 
 TEI_LIMITS = ("max_client_batch_size", "max_input_length", "max_batch_tokens",
@@ -31,11 +31,4 @@ class TEIBackend(OpenAIBackend):
             self.limits = {key: info.get(key) for key in TEI_LIMITS}
         if isinstance(limit, int) and limit > 0:
             self.upstream_batch_limit = limit
-        probe = Probe(reachable=True)
-        for name, model in self.config.models.items():
-            expected = served_name(name, model)
-            if expected in serving:
-                probe.served.add(expected)
-            else:
-                probe.mismatch[name] = f"upstream serves {info.get('model_id')}, not {expected}"
-        return probe
+        return self.check_served(serving, str(info.get("model_id")))
