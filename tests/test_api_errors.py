@@ -262,28 +262,22 @@ async def test_upstream_slower_than_the_backend_timeout_is_504() -> None:
         assert_error(status, body, 504)
 
 
-async def test_tei_serving_another_model_is_503_with_retry_after_and_no_vectors() -> None:
-    app = create_tei_app("some/other-model", dims=16)
+@pytest.mark.parametrize(("kind", "model", "other"), [
+    ("tei", TEI_MODEL, "some/other-model"),
+    ("vllm", VLLM_MODEL, "something-else"),
+])
+async def test_an_upstream_serving_another_model_is_503_with_retry_after_and_no_vectors(
+    kind: str, model: str, other: str
+) -> None:
+    app = (create_tei_app(other, dims=16) if kind == "tei"
+           else create_vllm_app(model, dims=16, served_model_name=other))
     async with serve_fake(app) as upstream:
-        config = {"backends": {"tei": {"kind": "tei", "base_url": upstream,
-                                       "models": {TEI_MODEL: {}}}}}
+        config = {"backends": {kind: {"kind": kind, "base_url": upstream,
+                                      "models": {model: {}}}}}
         async with run_gateway(config) as url, aiohttp.ClientSession() as session:
-            status, body, headers = await call(session, url, {"model": TEI_MODEL, "input": "x"})
+            status, body, headers = await call(session, url, {"model": model, "input": "x"})
             message = assert_error(status, body, 503)
-            assert "some/other-model" in message
-            assert int(headers["Retry-After"]) >= 1
-            assert not [p for p, _ in app[FAKE_STATE].requests if p == "/v1/embeddings"]
-
-
-async def test_vllm_listing_another_model_is_503_with_retry_after_and_no_vectors() -> None:
-    app = create_vllm_app(VLLM_MODEL, dims=16, served_model_name="something-else")
-    async with serve_fake(app) as upstream:
-        config = {"backends": {"vllm": {"kind": "vllm", "base_url": upstream,
-                                        "models": {VLLM_MODEL: {}}}}}
-        async with run_gateway(config) as url, aiohttp.ClientSession() as session:
-            status, body, headers = await call(session, url, {"model": VLLM_MODEL, "input": "x"})
-            message = assert_error(status, body, 503)
-            assert "something-else" in message
+            assert other in message
             assert int(headers["Retry-After"]) >= 1
             assert not [p for p, _ in app[FAKE_STATE].requests if p == "/v1/embeddings"]
 
