@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .errors import InvalidRequest
 from .schemas import parse_embedding_request, response_body, response_chunks
-from .state import GATEWAY, LOG_FIELDS, REQUEST_ID
+from .state import GATEWAY, LOG_FIELDS
 
 STREAM_ABOVE_VALUES = 64 * 1024  # responses with more floats than this are written in pieces
 STARTED = int(time.time())
@@ -37,8 +37,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         body = response_body(result, model=parsed.model, encoding_format=parsed.encoding_format)
         return web.Response(body=body, content_type="application/json")
     chunks = response_chunks(result, model=parsed.model, encoding_format=parsed.encoding_format)
-    response = web.StreamResponse(headers={"Content-Type": "application/json",
-                                           "X-Request-ID": request[REQUEST_ID]})
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
     response.enable_chunked_encoding()
     await response.prepare(request)
     try:

@@ -15,7 +15,7 @@ from . import api
 from .config import GatewayConfig
 from .http_client import HttpClient
 from .metrics import Metrics
-from .middlewares import serve
+from .middlewares import serve, stamp_request_id
 from .state import GATEWAY, Gateway, RuntimeFactory, default_runtime
 
 
@@ -31,6 +31,7 @@ def create_app(
         config=config, metrics=Metrics(), runtime_factory=runtime_factory or default_runtime
     )
     app[GATEWAY] = gateway
+    app.on_response_prepare.append(stamp_request_id)
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         client = HttpClient()

@@ -32,16 +32,20 @@ PUBLIC_PATHS = ("/health", "/health/ready", "/playground", "/favicon.ico")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def render_error(error: GatewayError, request_id: str | None = None) -> web.Response:
-    headers = dict(error.headers)
-    if request_id:
-        headers["X-Request-ID"] = request_id
+def render_error(error: GatewayError) -> web.Response:
     return web.Response(
         body=orjson.dumps(error.envelope()),
         status=error.status,
         content_type="application/json",
-        headers=headers,
+        headers=error.headers,
     )
+
+
+async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer carries its request id, streamed ones too."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
 
 
 def _from_http_exception(exc: web.HTTPException, max_body_bytes: int) -> GatewayError:
@@ -77,25 +81,23 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
             admit(request, gateway)
             with gateway.requests:
                 response = await handler(request)
-        response.headers["X-Request-ID"] = request_id
     except GatewayError as exc:
-        response = render_error(exc, request_id)
+        response = render_error(exc)
         fields["error"] = exc.message
     except web.RequestPayloadError as exc:  # a body that cannot be read (bad gzip, cut off)
         error = InvalidRequest(f"the request body could not be read: {exc}")
-        response = render_error(error, request_id)
+        response = render_error(error)
         fields["error"] = error.message
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         error = _from_http_exception(exc, gateway.config.server.limits.max_body_bytes)
-        response = render_error(error, request_id)
+        response = render_error(error)
         fields["error"] = error.message
     except Exception:
         log.exception("unhandled_error", request_id=request_id, path=request.path)
         fields["error"] = "internal error"
-        response = render_error(InternalError("internal error; see the gateway's log"),
-                                request_id)
+        response = render_error(InternalError("internal error; see the gateway's log"))
     try:  # the client has its answer before the bookkeeping below, not after it
         await response.prepare(request)
         await response.write_eof()
