@@ -252,7 +252,7 @@ def _check_http_url(value: Any) -> str | None:
     return value.rstrip("/")
 
 
-# type: (what it takes, coercion returning None for a value it does not take)
+# each type: what it takes, and a coercion returning None for a value it does not take
 _SCALARS: dict[Any, tuple[str, Callable[[Any], Any]]] = {
     str: ("a string", lambda v: v if isinstance(v, str) else None),
     NonEmptyStr: ("a non-empty string", lambda v: v if isinstance(v, str) and v else None),
