@@ -39,6 +39,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_report import print_report, render_html
+from simulated_accelerator import text_vector
 
 SCHEMA = "embedding-gateway-benchmark/1"
 WORDS = (
@@ -73,6 +74,7 @@ class Recorder:
     error_samples: dict[str, str] = field(default_factory=dict)
     inputs: int = 0
     elapsed: float = 0.0
+    rows_checked: int = 0
 
     def add(self, outcome: Outcome, inputs: int) -> None:
         if outcome.ok:
@@ -95,6 +97,7 @@ class Recorder:
             "inputs_per_s": self.inputs / elapsed if ok else 0.0,
             "latency_ms": latency_stats(self.latencies),
             "errors": dict(self.errors),
+            "rows_checked": self.rows_checked,
             "error_samples": self.error_samples,
         }
 
@@ -198,10 +201,35 @@ class Endpoint:
 Send = Callable[[list[str]], Awaitable[Outcome]]
 
 
+def wrong_rows(body: bytes, inputs: list[str]) -> int:
+    """Rows of a response that are not the vector of their own input, as the simulated
+    accelerator (``fast_upstream.py --accelerator``) makes it: every row of every response
+    is checked, so a row given to the wrong client, or out of order, is counted."""
+    data = orjson.loads(body).get("data") or []
+    if len(data) != len(inputs):
+        return len(inputs)
+    wrong = 0
+    for item, text in zip(sorted(data, key=lambda d: d["index"]), inputs, strict=True):
+        raw = item["embedding"]
+        row = (np.frombuffer(base64.b64decode(raw), "<f4") if isinstance(raw, str)
+               else np.asarray(raw, np.float32))
+        if not np.allclose(row, text_vector(text, len(row)), atol=1e-5):
+            wrong += 1
+    return wrong
+
+
 async def closed_loop(
-    send: Send, texts: Texts, concurrency: int, batch: int, seconds: float, recorder: Recorder
+    send: Send,
+    texts: Texts,
+    concurrency: int,
+    batch: int,
+    seconds: float,
+    recorder: Recorder,
+    *,
+    verify: bool = False,
 ) -> bytes | None:
     """``concurrency`` workers send back to back until ``seconds`` pass; in-flight ones finish.
+    With ``verify``, every row of every answer is checked (``wrong_rows``).
 
     Returns the body of one successful response, for a shape check.
     """
@@ -210,8 +238,14 @@ async def closed_loop(
 
     async def worker() -> None:
         while time.perf_counter() < deadline:
-            outcome = await send(texts.batch(batch))
+            inputs = texts.batch(batch)
+            outcome = await send(inputs)
             recorder.add(outcome, batch)
+            if verify and outcome.ok:
+                recorder.rows_checked += batch
+                wrong = wrong_rows(outcome.body, inputs)
+                if wrong:
+                    recorder.errors["wrong_rows"] += wrong
             if outcome.ok and not sample:
                 sample.append(outcome.body)
 
@@ -430,6 +464,7 @@ async def run_load(args: argparse.Namespace, gateway: Endpoint, texts: Texts) ->
             batch,
             args.duration,
             recorder,
+            verify=args.verify,
         )
         cell = {"model": model, "concurrency": concurrency, "batch": batch}
         cell |= recorder.summary()
@@ -475,7 +510,8 @@ async def run_overhead(
             for name, send in order if round_index % 2 == 0 else reversed(order):
                 before = cpu_seconds(sampler.pid) if sampler else 0.0
                 body = await closed_loop(
-                    send, texts, concurrency, batch, args.slice, recorders[name]
+                    send, texts, concurrency, batch, args.slice, recorders[name],
+                    verify=args.verify,
                 )
                 samples[name] = samples.get(name) or body
                 if sampler and name == "gateway":
@@ -586,6 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = argparse.ArgumentParser(add_help=False)
     sweep.add_argument("--concurrency", type=int_list, default=[1, 8, 32, 64])
     sweep.add_argument("--batch", type=int_list, default=[1, 32, 256])
+    sweep.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every row against the simulated accelerator's vector of its own text "
+        "(fast_upstream.py --accelerator); a wrong row counts as an error",
+    )
     modes.add_parser("load", parents=[common, sweep], help="concurrency x batch sweep")
     overhead = modes.add_parser(
         "overhead", parents=[common, sweep], help="gateway vs direct upstream, interleaved"

@@ -7,6 +7,12 @@ base64 float32 little-endian, ``dimensions``, ``usage``, the error envelope), so
 in for a real upstream or for the gateway itself.
 
     python scripts/fast_upstream.py --port 18001 --dims 1024 --model fast-1024
+
+With ``--accelerator batching|serial`` it simulates a GPU server instead (see
+``simulated_accelerator.py``): each input gets the vector of its own text
+(``text_vector``), and every answer waits for the simulated device.
+
+    python scripts/fast_upstream.py --accelerator batching --fixed-ms 40 --per-input-ms 0.4
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import signal
 import sys
 from typing import Any
@@ -21,6 +28,9 @@ from typing import Any
 import numpy as np
 import orjson
 from aiohttp import web
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from simulated_accelerator import Accelerator, text_vectors
 
 JSON = "application/json"
 TAIL = b'"model":%s,"usage":{"prompt_tokens":%d,"total_tokens":%d}}'
@@ -102,8 +112,15 @@ class ResponseHeads:
 
 class FastUpstream:
     def __init__(
-        self, models: list[str], dims: int, max_inputs: int, seed: int, backend: str | None
+        self,
+        models: list[str],
+        dims: int,
+        max_inputs: int,
+        seed: int,
+        backend: str | None,
+        accelerator: Accelerator | None = None,
     ) -> None:
+        self.accelerator = accelerator
         self.models = models
         self.dims = dims
         self.max_inputs = max_inputs
@@ -154,7 +171,30 @@ class FastUpstream:
         if not isinstance(dims, int) or not 0 < dims <= self.dims:
             message = f"dimensions must be an integer in 1..{self.dims}"
             return error_response(400, message, "dimensions", None)
+        if self.accelerator is not None:
+            return await self.accelerated(payload["input"], dims, encoding, model, tokens)
         body = self.heads.head(count, dims, encoding) + TAIL % (orjson.dumps(model), tokens, tokens)
+        return web.Response(body=body, content_type=JSON)
+
+    async def accelerated(
+        self, raw: Any, dims: int, encoding: str, model: str, tokens: int
+    ) -> web.Response:
+        """Each input's own vector, answered once the simulated device has run its batch."""
+        assert self.accelerator is not None
+        items = [raw] if isinstance(raw, str) or isinstance(raw[0], int) else raw
+        await self.accelerator.run(len(items))
+        vectors = text_vectors(items, self.dims)[:, :dims]
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        if encoding == "base64":
+            rows = [b'"' + base64.b64encode(row.astype("<f4").tobytes()) + b'"' for row in vectors]
+        else:
+            rows = [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) for row in vectors]
+        data = b",".join(
+            b'{"object":"embedding","index":%d,"embedding":%s}' % (index, row)
+            for index, row in enumerate(rows)
+        )
+        body = b'{"object":"list","data":[' + data + b"]," + TAIL % (
+            orjson.dumps(model), tokens, tokens)
         return web.Response(body=body, content_type=JSON)
 
     async def list_models(self, request: web.Request) -> web.Response:
@@ -182,6 +222,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-inputs", type=int, default=4096, help="largest batch accepted")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--accelerator",
+        choices=("batching", "serial"),
+        default=None,
+        help="simulate a GPU server: batching (TEI-like) or one request at a time (Ollama-like)",
+    )
+    parser.add_argument("--fixed-ms", type=float, default=40.0, help="simulated cost per batch")
+    parser.add_argument(
+        "--per-input-ms", type=float, default=0.4, help="simulated cost per input in a batch"
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=None, help="most inputs in one simulated batch"
+    )
+    parser.add_argument(
         "--managed-backend",
         default=None,
         help="list the models as managed by this backend, as the gateway's /v1/models does",
@@ -191,7 +244,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     models = [m.strip() for m in (args.model or f"fast-{args.dims}").split(",") if m.strip()]
-    upstream = FastUpstream(models, args.dims, args.max_inputs, args.seed, args.managed_backend)
+    accelerator = None
+    if args.accelerator:
+        accelerator = Accelerator(args.accelerator, fixed_ms=args.fixed_ms,
+                                  per_input_ms=args.per_input_ms, max_batch=args.max_batch)
+    upstream = FastUpstream(
+        models, args.dims, args.max_inputs, args.seed, args.managed_backend, accelerator
+    )
     runner = web.AppRunner(upstream.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
@@ -209,6 +268,10 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+        if accelerator is not None:
+            print(f"accelerator: {accelerator.batches} batches, {accelerator.inputs} inputs",
+                  flush=True)
+            await accelerator.close()
 
 
 def main(argv: list[str] | None = None) -> int:
