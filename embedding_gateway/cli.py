@@ -95,8 +95,10 @@ async def serve(path: str, config: GatewayConfig) -> int:
     loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
     app = create_app(config)
     gateway = app[GATEWAY]
+    # handler_cancellation: a client that hangs up withdraws its request (its inputs leave
+    # the batches not yet sent) instead of being served to nobody
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=CLOSE_TIMEOUT)
+                           shutdown_timeout=CLOSE_TIMEOUT, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
     try:

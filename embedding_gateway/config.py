@@ -170,7 +170,13 @@ class BackendConfig:
     api_key: str | None = None  # bearer key the upstream expects
     timeout: float = field(default=60, validator=_bounds(gt=0))
     max_batch: int | None = field(default=None, validator=_bounds(gt=0))
-    max_concurrency: int = field(default=4, validator=_bounds(ge=1))
+    # calls in flight to one upstream address; unset = learnt from its latency under load
+    max_concurrency: int | None = field(default=None, validator=_bounds(ge=1))
+    merge_requests: bool = True  # concurrent requests' inputs share upstream calls
+    max_calls_per_request: int = field(default=4, validator=_bounds(ge=1))
+    max_queued_inputs: int = field(default=65536, validator=_bounds(ge=1))
+    max_queue_wait: float = field(default=30, validator=_bounds(gt=0))  # seconds, then 503
+    max_request_bytes: int | None = field(default=None, validator=_bounds(gt=0))  # per call
     keep_alive: str | int | None = None  # Ollama only
     discover: bool = False  # Ollama: add embedding models found in /api/tags
     managed: ManagedConfig | None = None

@@ -30,6 +30,7 @@ UPSTREAM_ERROR_KINDS = (
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600)
 SWAP_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+CALL_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 _PREFIX = "embedding_gateway"
 
@@ -108,6 +109,58 @@ class Metrics:
             ["backend"],
             registry=reg,
         )
+        self._upstream_calls = Counter(
+            f"{_PREFIX}_upstream_calls_total",
+            "Embedding calls sent upstream (each may carry several requests' inputs).",
+            ["backend"],
+            registry=reg,
+        )
+        self._call_inputs = Histogram(
+            f"{_PREFIX}_upstream_call_inputs",
+            "Distinct inputs per upstream call.",
+            ["backend"],
+            buckets=CALL_SIZE_BUCKETS,
+            registry=reg,
+        )
+        self._call_requests = Histogram(
+            f"{_PREFIX}_upstream_call_requests",
+            "Client requests merged into one upstream call.",
+            ["backend"],
+            buckets=CALL_SIZE_BUCKETS,
+            registry=reg,
+        )
+        self._deduplicated = Counter(
+            f"{_PREFIX}_deduplicated_inputs_total",
+            "Inputs answered from an identical input in the same upstream call.",
+            ["backend"],
+            registry=reg,
+        )
+        self._batch_wait = Histogram(
+            f"{_PREFIX}_batch_wait_seconds",
+            "Time a request's inputs waited for room in an upstream call.",
+            ["backend"],
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=reg,
+        )
+        self._batch_queued = Gauge(
+            f"{_PREFIX}_batch_queued_inputs",
+            "Inputs waiting for an upstream call.",
+            ["backend"],
+            registry=reg,
+        )
+        self._calls_in_flight = Gauge(
+            f"{_PREFIX}_upstream_calls_in_flight",
+            "Upstream embedding calls in flight.",
+            ["backend"],
+            registry=reg,
+        )
+        self._concurrency_limit = Gauge(
+            f"{_PREFIX}_upstream_concurrency_limit",
+            "Calls allowed in flight that are not yet full (learnt, or max_concurrency).",
+            ["backend"],
+            registry=reg,
+        )
+        self._batch_gauges: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
         # labelled children per (model, backend, status), looked up once: on every request's path
         self._request_children: dict[
             tuple[str, str, int], tuple[Counter, Histogram, Counter, Counter]
@@ -135,6 +188,30 @@ class Metrics:
         if kind not in UPSTREAM_ERROR_KINDS:
             raise ValueError(f"unknown upstream error kind {kind!r}")
         self._upstream_errors.labels(backend=backend, kind=kind).inc()
+
+    def observe_upstream_call(
+        self, *, backend: str, inputs: int, requests: int, deduplicated: int
+    ) -> None:
+        self._upstream_calls.labels(backend=backend).inc()
+        self._call_inputs.labels(backend=backend).observe(inputs)
+        self._call_requests.labels(backend=backend).observe(requests)
+        if deduplicated:
+            self._deduplicated.labels(backend=backend).inc(deduplicated)
+
+    def observe_batch_wait(self, *, backend: str, seconds: float) -> None:
+        self._batch_wait.labels(backend=backend).observe(seconds)
+
+    def set_batch_state(self, *, backend: str, queued_inputs: int, calls: int, limit: int) -> None:
+        gauges = self._batch_gauges.get(backend)
+        if gauges is None:  # looked up once: this runs several times per request
+            gauges = self._batch_gauges[backend] = (
+                self._batch_queued.labels(backend=backend),
+                self._calls_in_flight.labels(backend=backend),
+                self._concurrency_limit.labels(backend=backend),
+            )
+        gauges[0].set(queued_inputs)
+        gauges[1].set(calls)
+        gauges[2].set(limit)
 
     def set_queue_depth(self, *, backend: str, depth: int) -> None:
         self._queue_depth.labels(backend=backend).set(depth)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import re
@@ -29,6 +30,7 @@ log = structlog.get_logger("embedding_gateway.request")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PUBLIC_PATHS = ("/health", "/health/ready", "/playground", "/favicon.ico")
+CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -94,6 +96,13 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         error = _from_http_exception(exc, gateway.config.server.limits.max_body_bytes)
         response = render_error(error)
         fields["error"] = error.message
+    except asyncio.CancelledError:
+        # the client hung up (aiohttp cancels the handler): what it asked for is withdrawn
+        elapsed = time.perf_counter() - started
+        log.info("request", request_id=request_id, method=request.method, path=request.path,
+                 status=CLIENT_GONE, ms=round(elapsed * 1000, 2),
+                 **{**fields, "error": "the client went away before the answer was ready"})
+        raise
     except Exception:
         log.exception("unhandled_error", request_id=request_id, path=request.path)
         fields["error"] = "internal error"

@@ -1,21 +1,15 @@
-"""Model or alias → backend; batches split to the upstream's limit and put back in order."""
+"""Model or alias → backend; a request checked against its model, then leased and batched."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
-import numpy as np
-
+from .batching import Batcher
 from .config import GatewayConfig, ModelConfig
-from .errors import GatewayError, InvalidRequest, ModelNotFound, UnsupportedInput, UpstreamFailed
+from .errors import InvalidRequest, ModelNotFound, UnsupportedInput, UpstreamFailed
 from .metrics import Metrics
-from .schemas import EmbeddingRequest, Embeddings, Inputs, cut_dimensions
+from .schemas import EmbeddingRequest, Embeddings, cut_dimensions
 from .upstream import Upstream
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,29 +30,17 @@ def build_routes(config: GatewayConfig) -> dict[str, Route]:
     return routes
 
 
-def split_batch(inputs: Inputs, limit: int) -> Iterator[Inputs]:
-    for start in range(0, len(inputs), limit):
-        yield inputs[start : start + limit]  # type: ignore[misc]
-
-
-async def gather_in_order(aws: list[Awaitable[T]]) -> list[T]:
-    """Results in submission order; the first failure cancels the rest."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 class Router:
     def __init__(
-        self, config: GatewayConfig, upstreams: dict[str, Upstream], metrics: Metrics
+        self,
+        config: GatewayConfig,
+        upstreams: dict[str, Upstream],
+        batchers: dict[str, Batcher],
+        metrics: Metrics,
     ) -> None:
         self.routes = build_routes(config)
         self.upstreams = upstreams
+        self.batchers = batchers
         self.metrics = metrics
 
     def discovered_routes(self) -> dict[str, Route]:
@@ -107,44 +89,28 @@ class Router:
                     param="dimensions",
                 )
 
-    def _check_sizes(self, route: Route, sizes: list[int]) -> None:
-        """Every chunk's vectors are of one size, the configured one when it is known: else
-        the upstream changed model under us, and none of its vectors are used."""
+    def _check_size(self, route: Route, size: int) -> None:
+        """Vectors of the configured size, when it is known: else the upstream changed model
+        under us, and none of its vectors are used. (The batcher has checked that every call
+        for one request gave one size.)"""
         native = route.options.dimensions
-        if len(set(sizes)) > 1 or (native is not None and sizes[0] != native):
+        if native is not None and size != native:
             self.metrics.upstream_error(backend=route.backend, kind="mismatch")
-            expected = f"configured as {native}-d" if native is not None else "one size"
             raise UpstreamFailed(
-                f"upstream {route.backend!r} returned {'/'.join(map(str, sorted(set(sizes))))}-d "
-                f"vectors for {route.model!r}, {expected}; they were discarded",
+                f"upstream {route.backend!r} returned {size}-d vectors for {route.model!r}, "
+                f"configured as {native}-d; they were discarded",
                 code="model_mismatch",
                 upstream_kind="mismatch",
             )
 
     async def embed(self, request: EmbeddingRequest, route: Route) -> Embeddings:
         upstream = self.upstreams[route.backend]
-        backend = upstream.backend
-
-        async def one_chunk(base_url: str, chunk: Inputs) -> Embeddings:
-            async with upstream.semaphore:
-                try:
-                    return await backend.embed(base_url, route.model, route.options, chunk)
-                except GatewayError as exc:
-                    if exc.upstream_kind is not None:
-                        self.metrics.upstream_error(backend=route.backend, kind=exc.upstream_kind)
-                    raise
-
+        batcher = self.batchers[route.backend]
         async with upstream.lease(route.model) as base_url:
-            limit = backend.batch_limit(route.options)  # known once the upstream is checked
-            if len(request.inputs) <= limit:  # one chunk: no tasks to create and gather
-                parts = [await one_chunk(base_url, request.inputs)]
-            else:
-                parts = await gather_in_order(
-                    [one_chunk(base_url, chunk) for chunk in split_batch(request.inputs, limit)]
-                )
+            result = await batcher.embed(base_url, route.model, route.options, request.inputs)
             # inside the lease, so that the upstream is marked as serving something else
-            self._check_sizes(route, [p.vectors.shape[1] for p in parts])
-        vectors = parts[0].vectors if len(parts) == 1 else np.vstack([p.vectors for p in parts])
+            self._check_size(route, result.vectors.shape[1])
+        vectors = result.vectors
         if request.dimensions is not None:
             if request.dimensions > vectors.shape[1]:
                 raise InvalidRequest(
@@ -153,4 +119,4 @@ class Router:
                     param="dimensions",
                 )
             vectors = cut_dimensions(vectors, request.dimensions)
-        return Embeddings(vectors, sum(p.prompt_tokens for p in parts))
+        return Embeddings(vectors, result.prompt_tokens)

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from .backends import create_backend
+from .batching import Batcher
 from .config import BackendConfig, GatewayConfig, ManagedConfig
 from .http_client import HttpClient
 from .instances import DeviceLedger
@@ -66,6 +67,7 @@ class Gateway:
     runtime_factory: RuntimeFactory = default_runtime
     client: HttpClient | None = None
     upstreams: dict[str, Upstream] = field(default_factory=dict)
+    batchers: dict[str, Batcher] = field(default_factory=dict)
     router: Router | None = None
     draining: bool = False
 
@@ -109,13 +111,17 @@ class Gateway:
             name: self.build_upstream(name, backend)
             for name, backend in self.config.backends.items()
         }
-        self.router = Router(self.config, self.upstreams, self.metrics)
+        self.batchers = {name: Batcher(u.backend, self.metrics)
+                         for name, u in self.upstreams.items()}
+        self.router = Router(self.config, self.upstreams, self.batchers, self.metrics)
         for upstream in self.upstreams.values():
             await upstream.start()
 
     async def close(self) -> None:
         for upstream in [*self.upstreams.values(), *self._retiring]:
             await upstream.close()
+        for batcher in self.batchers.values():
+            await batcher.close()
 
     async def reload(self, new: GatewayConfig) -> None:
         """Apply a validated config without dropping requests: unchanged backends are kept as
@@ -134,7 +140,11 @@ class Gateway:
         fresh = {name: self.build_upstream(name, backend)
                  for name, backend in new.backends.items() if name not in kept}
         self.upstreams = {name: kept.get(name) or fresh[name] for name in new.backends}
-        self.router = Router(new, self.upstreams, self.metrics)
+        old_batchers = self.batchers
+        self.batchers = {name: old_batchers[name] if name in kept
+                         else Batcher(self.upstreams[name].backend, self.metrics)
+                         for name in new.backends}
+        self.router = Router(new, self.upstreams, self.batchers, self.metrics)
 
         async def replace(name: str) -> None:
             """A remote successor starts at once; a managed one after its predecessor has
@@ -148,6 +158,7 @@ class Gateway:
                     self._retiring.add(previous)  # closed by close() if a stop comes first
                     await previous.retire(new.server.shutdown_timeout, successor=name in fresh)
                     self._retiring.discard(previous)
+                    await old_batchers[name].close()  # its calls ended with the drain
             finally:
                 if successor is not None:  # even when the retirement failed
                     await successor.start()

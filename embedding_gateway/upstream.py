@@ -44,7 +44,6 @@ class Upstream(ABC):
         self.backend = backend
         self.name = backend.name
         self.managed = backend.config.managed is not None
-        self.semaphore = asyncio.Semaphore(backend.config.max_concurrency)
         self.closed = False
 
     @abstractmethod

@@ -24,7 +24,7 @@ async def serve_app(
     its URL and the app (``app[GATEWAY]`` is the running gateway)."""
     config.setdefault("server", {}).setdefault("health_interval", 0.5)
     app = create_app(parse_config(config, env={}), runtime_factory=runtime_factory)
-    runner = web.AppRunner(app, shutdown_timeout=5)
+    runner = web.AppRunner(app, shutdown_timeout=5, handler_cancellation=True)  # as cli.serve
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -65,6 +65,7 @@ class reading:  # lower case: it reads as the guard it is, ``with reading(where)
 
 
 _SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
+ENVELOPE_BYTES = 512  # a call's JSON beside its inputs: model name, options, brackets
 
 
 def in_index_order(items: list[Any], where: str) -> list[Any]:
@@ -156,12 +157,15 @@ class Backend(ABC):
     kind: str
     accepts_tokens: bool = False
     default_batch: int = 32
+    default_request_bytes: int | None = None  # the upstream's default body limit, if any
 
     def __init__(self, name: str, config: BackendConfig, client: HttpClient) -> None:
         self.name = name
         self.config = config
         self.client = client
         self.upstream_batch_limit: int | None = None  # the upstream's own, learnt by probe()
+        # inputs it takes in flight at once, where it says (TEI: max_concurrent_requests)
+        self.inflight_input_ceiling: int | None = None
         self.limits: dict[str, Any] = {}  # what the upstream says of its limits, for /health
         headers = b"Accept: application/json\r\n"
         if config.api_key:
@@ -171,6 +175,12 @@ class Backend(ABC):
     def batch_limit(self, model: ModelConfig) -> int:
         limits = [model.max_batch, self.config.max_batch, self.upstream_batch_limit]
         return min([x for x in limits if x] or [self.default_batch])
+
+    @property
+    def request_byte_limit(self) -> int | None:
+        """Bytes of inputs one call may carry (the request's envelope aside)."""
+        limit = self.config.max_request_bytes or self.default_request_bytes
+        return None if limit is None else max(limit - ENVELOPE_BYTES, 1)
 
     @abstractmethod
     async def embed(

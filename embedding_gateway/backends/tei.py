@@ -19,6 +19,7 @@ TEI_LIMITS = ("max_client_batch_size", "max_input_length", "max_batch_tokens",
 class TEIBackend(OpenAIBackend):
     kind = "tei"
     default_batch = 32  # TEI's default --max-client-batch-size, until /info says otherwise
+    default_request_bytes = 2_000_000  # TEI's default --payload-limit (a 413 above it)
 
     async def probe(self, base_url: str, timeout: float) -> Probe:
         await self.request_json("GET", f"{base_url}/health", timeout=timeout)
@@ -31,4 +32,7 @@ class TEIBackend(OpenAIBackend):
             self.limits = {key: info.get(key) for key in TEI_LIMITS}
         if isinstance(limit, int) and limit > 0:
             self.upstream_batch_limit = limit
+        permits = info.get("max_concurrent_requests")  # one permit per input in flight
+        if isinstance(permits, int) and permits > 0:
+            self.inflight_input_ceiling = permits
         return self.check_served(serving, str(info.get("model_id")))

@@ -1,0 +1,425 @@
+"""Cross-request micro-batching: concurrent requests' inputs share upstream calls.
+
+One ``Batcher`` per backend. A request's inputs become a ``Ticket`` in the lane of its model
+and upstream address. A call is formed from the lane's tickets in arrival order, up to the
+adapter's limits (inputs per call, request body bytes), with identical inputs sent once; each
+ticket gets exactly its own rows back, in its own order, and its share of the call's ``usage``.
+
+When the upstream is idle a request goes out at once; requests that arrive while calls are in
+flight gather for the next call. How many calls may be in flight is the ``concurrency`` limit
+of the upstream address (learnt, or configured); a call that is already full goes out whenever
+the hard ceiling allows. One request's calls in flight are bounded (``max_calls_per_request``)
+so that one huge batch cannot starve the others. The queue is bounded in inputs (429) and in
+time (503), both with ``Retry-After``.
+
+A merged call that the upstream rejects as bad input is retried request by request, so only
+the guilty request gets the error; a 413 is answered by splitting the call smaller. A client
+that goes away takes its inputs out of calls not yet sent, and a call whose every request has
+gone away is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections import deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .backends.base import Backend
+from .concurrency import AdaptiveLimit, FixedLimit
+from .config import ModelConfig
+from .errors import GatewayError, QueueFull, Unavailable, UpstreamFailed, UpstreamRejected
+from .metrics import Metrics
+from .schemas import Embeddings, Inputs
+
+DEFAULT_CEILING = 256  # calls in flight to one address unless max_concurrency says otherwise
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's inputs while they are being embedded."""
+
+    inputs: Inputs
+    weights: Sequence[int]  # relative size of each input: shares a call's token count
+    future: asyncio.Future[Embeddings]
+    enqueued: float
+    taken: int = 0  # inputs handed to calls so far
+    answered: int = 0
+    calls: int = 0  # calls in flight carrying some of its inputs
+    vectors: np.ndarray | None = None
+    tokens: float = 0.0
+
+    @property
+    def gone(self) -> bool:
+        return self.future.done()
+
+
+@dataclass(eq=False)
+class Part:
+    ticket: Ticket
+    start: int
+    stop: int
+    rows: list[int]  # for each of the ticket's inputs start..stop, its row in the call
+
+
+@dataclass(eq=False)
+class Call:
+    inputs: list[Any]
+    parts: list[Part]
+    full: bool
+
+
+@dataclass(eq=False)
+class Address:
+    """One upstream address: its calls in flight and its concurrency limit."""
+
+    limit: AdaptiveLimit | FixedLimit
+    lanes: list[Lane] = field(default_factory=list)
+    calls: int = 0
+    inputs: int = 0
+
+
+@dataclass(eq=False)
+class Lane:
+    model: str
+    options: ModelConfig
+    base_url: str
+    address: Address
+    queue: deque[Ticket] = field(default_factory=deque)
+
+
+def _key(item: Any) -> Hashable:
+    return item if isinstance(item, str) else tuple(item)
+
+
+class Batcher:
+    def __init__(self, backend: Backend, metrics: Metrics) -> None:
+        self.backend = backend
+        self.config = backend.config
+        self.metrics = metrics
+        self.name = backend.name
+        self.lanes: dict[tuple[str, str], Lane] = {}
+        self.addresses: dict[str, Address] = {}
+        self.queued_inputs = 0
+        self._calls: dict[asyncio.Task[None], Call] = {}
+
+    # -- what the router calls ------------------------------------------------------------
+
+    async def embed(
+        self, base_url: str, model: str, options: ModelConfig, inputs: Inputs
+    ) -> Embeddings:
+        """Vectors for ``inputs`` of ``model`` from the upstream at ``base_url``, which the
+        caller holds a lease on for as long as this runs."""
+        if self.queued_inputs + len(inputs) > self.config.max_queued_inputs:
+            raise QueueFull(
+                f"backend {self.name!r} has {self.queued_inputs} inputs waiting to be sent "
+                f"(max_queued_inputs {self.config.max_queued_inputs}); retry shortly",
+                retry_after=1,
+            )
+        lane = self._lane(base_url, model, options)
+        loop = asyncio.get_running_loop()
+        weights = [len(item) for item in inputs]
+        ticket = Ticket(inputs, weights, loop.create_future(), time.monotonic())
+        lane.queue.append(ticket)
+        self.queued_inputs += len(inputs)
+        self._pump(lane.address)
+        expiry = None
+        if ticket.taken < len(inputs):
+            expiry = loop.call_later(self.config.max_queue_wait, self._expire, lane, ticket)
+        try:
+            return await ticket.future
+        except asyncio.CancelledError:
+            self._withdraw(lane, ticket, None)
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+
+    def in_flight(self) -> dict[str, Any]:
+        """What ``/health`` shows of the batcher."""
+        return {
+            "queued_inputs": self.queued_inputs,
+            "addresses": {
+                url: {"calls": a.calls, "inputs": a.inputs, "limit": a.limit.limit}
+                for url, a in self.addresses.items()
+            },
+        }
+
+    async def close(self) -> None:
+        for task in list(self._calls):
+            task.cancel()
+        await asyncio.gather(*self._calls, return_exceptions=True)
+
+    # -- lanes and addresses ----------------------------------------------------------------
+
+    def _lane(self, base_url: str, model: str, options: ModelConfig) -> Lane:
+        lane = self.lanes.get((model, base_url))
+        if lane is None:
+            address = self.addresses.get(base_url)
+            if address is None:
+                configured = self.config.max_concurrency
+                limit: AdaptiveLimit | FixedLimit = (
+                    FixedLimit(configured) if configured is not None
+                    else AdaptiveLimit(maximum=DEFAULT_CEILING)
+                )
+                address = self.addresses[base_url] = Address(limit)
+            lane = self.lanes[(model, base_url)] = Lane(model, options, base_url, address)
+            address.lanes.append(lane)
+        return lane
+
+    # -- forming and sending calls ----------------------------------------------------------
+
+    def _pump(self, address: Address) -> None:
+        """Send every call the limits allow now, taking turns between the address's lanes."""
+        sent = True
+        while sent:
+            sent = False
+            for lane in address.lanes:
+                if lane.queue and self._send_next(lane):
+                    sent = True
+        self.metrics.set_batch_state(
+            backend=self.name, queued_inputs=self.queued_inputs,
+            calls=sum(a.calls for a in self.addresses.values()),
+            limit=sum(a.limit.limit for a in self.addresses.values()),
+        )
+
+    def _send_next(self, lane: Lane) -> bool:
+        address = lane.address
+        ceiling = address.limit.maximum
+        if address.calls >= ceiling:
+            return False
+        room = self.backend.inflight_input_ceiling
+        budget = self.backend.batch_limit(lane.options)
+        if room is not None:
+            if address.inputs >= room:
+                return False
+            budget = min(budget, room - address.inputs)
+        call = self._plan(lane, budget)
+        if call is None:
+            return False
+        if not call.full and address.calls >= address.limit.limit:
+            address.limit.held()
+            return False
+        for part in call.parts:
+            ticket = part.ticket
+            ticket.taken, ticket.calls = part.stop, ticket.calls + 1
+            self.queued_inputs -= part.stop - part.start
+            if ticket.taken == len(ticket.inputs):
+                lane.queue.remove(ticket)
+                self.metrics.observe_batch_wait(
+                    backend=self.name, seconds=time.monotonic() - ticket.enqueued)
+        address.calls += 1
+        address.inputs += len(call.inputs)
+        task = asyncio.create_task(self._run(lane, call, address.calls))
+        self._calls[task] = call
+        task.add_done_callback(self._forget)
+        return True
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        del self._calls[task]
+
+    def _plan(self, lane: Lane, budget: int) -> Call | None:
+        """The next call from the lane's queue, without taking anything yet."""
+        per_request = self.config.max_calls_per_request
+        byte_limit = self.backend.request_byte_limit
+        merge = self.config.merge_requests
+        unique: dict[Hashable, int] = {}
+        sent: list[Any] = []
+        parts: list[Part] = []
+        size = 0
+        full = False
+        for ticket in lane.queue:
+            if ticket.calls >= per_request:
+                continue
+            if merge is False and parts:
+                break
+            inputs, start = ticket.inputs, ticket.taken
+            rows: list[int] = []
+            index = start
+            while index < len(inputs):
+                key = _key(inputs[index])
+                row = unique.get(key)
+                if row is None:
+                    if len(sent) >= budget:
+                        full = True
+                        break
+                    if byte_limit is not None:
+                        cost = len(orjson.dumps(inputs[index])) + 1
+                        if sent and size + cost > byte_limit:
+                            full = True
+                            break
+                        size += cost
+                    row = unique[key] = len(sent)
+                    sent.append(inputs[index])
+                rows.append(row)
+                index += 1
+            if index > start:
+                parts.append(Part(ticket, start, index, rows))
+            if full:
+                break
+        if not parts:
+            return None
+        return Call(sent, parts, full or len(sent) >= budget)
+
+    async def _run(self, lane: Lane, call: Call, in_flight: int) -> None:
+        address = lane.address
+        started = time.monotonic()
+        self.metrics.observe_upstream_call(
+            backend=self.name, inputs=len(call.inputs), requests=len(call.parts),
+            deduplicated=sum(p.stop - p.start for p in call.parts) - len(call.inputs),
+        )
+        released = False
+
+        def release() -> None:
+            """Free the call's place and send what waited for it, before anything else:
+            the upstream's next batch should not wait for this call's bookkeeping."""
+            nonlocal released
+            released = True
+            address.calls -= 1
+            address.inputs -= len(call.inputs)
+            for part in call.parts:
+                part.ticket.calls -= 1
+            self._pump(address)
+
+        try:
+            result = await self._call(lane, call.inputs)
+            address.limit.observe(time.monotonic() - started, in_flight, len(call.inputs))
+            release()
+            self._deliver(lane, call.parts, result)
+        except asyncio.CancelledError:
+            self._fail(lane, call.parts, Unavailable(
+                f"backend {self.name!r} was reconfigured while the request was in flight; "
+                "retry", retry_after=1))
+            raise
+        except GatewayError as exc:
+            if exc.upstream_kind is not None:
+                self.metrics.upstream_error(backend=self.name, kind=exc.upstream_kind)
+            await self._recover(lane, call, exc)
+        finally:
+            if not released:
+                release()
+
+    async def _call(self, lane: Lane, inputs: list[Any]) -> Embeddings:
+        return await self.backend.embed(lane.base_url, lane.model, lane.options, inputs)
+
+    async def _recover(self, lane: Lane, call: Call, error: GatewayError) -> None:
+        """A failed call: its requests get the error, unless the error is about one input
+        (then each request is tried alone) or the body's size (then the call is split)."""
+        live = [part for part in call.parts if not part.ticket.gone]
+        if error.status == 413 and len(call.inputs) > 1:
+            half = len(call.inputs) // 2
+            await asyncio.gather(*(
+                self._retry(lane, parts) for parts in _split(live, half)
+            ))
+            return
+        if isinstance(error, UpstreamRejected) and len({id(p.ticket) for p in live}) > 1:
+            by_ticket: dict[int, list[Part]] = {}
+            for part in live:
+                by_ticket.setdefault(id(part.ticket), []).append(part)
+            await asyncio.gather(*(self._retry(lane, parts) for parts in by_ticket.values()))
+            return
+        self._fail(lane, live, error)
+
+    async def _retry(self, lane: Lane, parts: list[Part]) -> None:
+        """Send ``parts`` again as a call of their own (their inputs are already in flight:
+        they count against no queue)."""
+        unique: dict[Hashable, int] = {}
+        inputs: list[Any] = []
+        again: list[Part] = []
+        for part in parts:
+            rows = []
+            for index in range(part.start, part.stop):
+                item = part.ticket.inputs[index]
+                row = unique.setdefault(_key(item), len(inputs))
+                if row == len(inputs):
+                    inputs.append(item)
+                rows.append(row)
+            again.append(Part(part.ticket, part.start, part.stop, rows))
+        call = Call(inputs, again, full=True)
+        try:
+            result = await self._call(lane, inputs)
+        except GatewayError as exc:
+            await self._recover(lane, call, exc)
+        else:
+            self._deliver(lane, again, result)
+
+    def _deliver(self, lane: Lane, parts: list[Part], result: Embeddings) -> None:
+        vectors = result.vectors
+        weight = {id(part): sum(part.ticket.weights[part.start:part.stop]) for part in parts}
+        total = sum(weight.values()) or 1
+        for part in parts:
+            ticket = part.ticket
+            if ticket.gone:
+                continue
+            count = part.stop - part.start
+            ticket.tokens += result.prompt_tokens * weight[id(part)] / total
+            identity = count == len(vectors) and part.rows == list(range(count))
+            if identity and count == len(ticket.inputs):
+                ticket.vectors = vectors
+            else:
+                if ticket.vectors is None:
+                    ticket.vectors = np.empty((len(ticket.inputs), vectors.shape[1]), np.float32)
+                elif ticket.vectors.shape[1] != vectors.shape[1]:
+                    self.metrics.upstream_error(backend=self.name, kind="mismatch")
+                    self._fail(lane, [part], UpstreamFailed(
+                        f"upstream {self.name!r} returned vectors of "
+                        f"{ticket.vectors.shape[1]} and {vectors.shape[1]} dimensions for one "
+                        f"request to {lane.model!r}; they were discarded",
+                        code="model_mismatch", upstream_kind="mismatch"))
+                    continue
+                ticket.vectors[part.start:part.stop] = vectors[part.rows]
+            ticket.answered += count
+            if ticket.answered == len(ticket.inputs):
+                ticket.future.set_result(Embeddings(ticket.vectors, round(ticket.tokens)))
+
+    def _fail(self, lane: Lane, parts: list[Part], error: GatewayError) -> None:
+        for ticket in {id(p.ticket): p.ticket for p in parts}.values():
+            self._withdraw(lane, ticket, copy.copy(error))
+
+    def _withdraw(self, lane: Lane, ticket: Ticket, error: GatewayError | None) -> None:
+        """Take the ticket's inputs out of the queue and end it: with ``error``, or (its
+        client went away) silently. A call left carrying only gone tickets is cancelled."""
+        if ticket.taken < len(ticket.inputs):
+            self.queued_inputs -= len(ticket.inputs) - ticket.taken
+            ticket.taken = len(ticket.inputs)
+            lane.queue.remove(ticket)
+        if not ticket.future.done():
+            if error is None:
+                ticket.future.cancel()
+            else:
+                ticket.future.set_exception(error)
+        if error is None:
+            for task, call in list(self._calls.items()):
+                if all(p.ticket.gone for p in call.parts):
+                    task.cancel()
+        self._pump(lane.address)
+
+    def _expire(self, lane: Lane, ticket: Ticket) -> None:
+        if ticket.taken < len(ticket.inputs) and not ticket.gone:
+            self._withdraw(lane, ticket, Unavailable(
+                f"backend {self.name!r} could not take this request within max_queue_wait "
+                f"({self.config.max_queue_wait:g} s); retry later", retry_after=5))
+
+
+def _split(parts: list[Part], half: int) -> list[list[Part]]:
+    """The parts of a call as two calls of about ``half`` distinct inputs each."""
+    first: list[Part] = []
+    second: list[Part] = []
+    seen = 0
+    for part in parts:
+        count = part.stop - part.start
+        if seen + count <= half or not first:
+            cut = min(count, max(half - seen, 1))
+            first.append(Part(part.ticket, part.start, part.start + cut, []))
+            if cut < count:
+                second.append(Part(part.ticket, part.start + cut, part.stop, []))
+        else:
+            second.append(Part(part.ticket, part.start, part.stop, []))
+        seen += count
+    return [p for p in (first, second) if p]
