@@ -164,10 +164,12 @@ class Batcher:
             address = self.addresses.get(base_url)
             if address is None:
                 configured = self.config.max_concurrency
-                limit: AdaptiveLimit | FixedLimit = (
-                    FixedLimit(configured) if configured is not None
-                    else AdaptiveLimit(maximum=DEFAULT_CEILING)
-                )
+                limit: AdaptiveLimit | FixedLimit
+                if self.config.merge_mode == "wait":
+                    limit = (FixedLimit(configured) if configured is not None
+                             else AdaptiveLimit(maximum=DEFAULT_CEILING))
+                else:  # nothing is held back for merging: the upstream queues and batches
+                    limit = FixedLimit(configured or DEFAULT_CEILING)
                 address = self.addresses[base_url] = Address(limit)
             lane = self.lanes[(model, base_url)] = Lane(model, options, base_url, address)
             address.lanes.append(lane)
@@ -228,7 +230,7 @@ class Batcher:
         """The next call from the lane's queue, without taking anything yet."""
         per_request = self.config.max_calls_per_request
         byte_limit = self.backend.request_byte_limit
-        merge = self.config.merge_requests
+        merge = self.config.merge_mode != "off"
         unique: dict[Hashable, int] = {}
         sent: list[Any] = []
         parts: list[Part] = []

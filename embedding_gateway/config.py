@@ -172,7 +172,8 @@ class BackendConfig:
     max_batch: int | None = field(default=None, validator=_bounds(gt=0))
     # calls in flight to one upstream address; unset = learnt from its latency under load
     max_concurrency: int | None = field(default=None, validator=_bounds(ge=1))
-    merge_requests: bool = True  # concurrent requests' inputs share upstream calls
+    # how concurrent requests share upstream calls (null: by kind; see config.example.yaml)
+    merge: Literal["wait", "eager", "off"] | None = None
     max_calls_per_request: int = field(default=4, validator=_bounds(ge=1))
     max_queued_inputs: int = field(default=65536, validator=_bounds(ge=1))
     max_queue_wait: float = field(default=30, validator=_bounds(gt=0))  # seconds, then 503
@@ -181,6 +182,14 @@ class BackendConfig:
     discover: bool = False  # Ollama: add embedding models found in /api/tags
     managed: ManagedConfig | None = None
     models: dict[str, ModelConfig] = field(factory=dict)
+
+    @property
+    def merge_mode(self) -> Literal["wait", "eager", "off"]:
+        """``merge``, or the kind's default: servers that batch concurrent requests by
+        themselves (TEI, vLLM) get them at once; the others, merged."""
+        if self.merge is not None:
+            return self.merge
+        return "eager" if self.kind in ("tei", "vllm") else "wait"
 
     def _check(self, given: Set[str]) -> None:
         """Rules across fields, applied when a document is parsed."""

@@ -33,6 +33,7 @@ async def through_gateway(
 ) -> AsyncIterator[tuple[str, FakeState, aiohttp.ClientSession]]:
     async with AsyncExitStack() as exits:
         upstream = await exits.enter_async_context(serve_fake(app))
+        backend.setdefault("merge", "wait")  # TEI and vLLM default to eager
         config = {"backends": {"b": {"kind": kind, "base_url": upstream,
                                      "models": {MODEL: {}}, **backend}}}
         url = await exits.enter_async_context(run_gateway(config))
@@ -74,6 +75,23 @@ async def test_concurrent_requests_share_calls_and_each_gets_its_own_rows() -> N
         assert len(calls) < len(texts) / 2, f"{len(calls)} calls for {len(texts)} requests"
         metrics = await (await session.get(f"{url}/metrics")).text()
         assert f'embedding_gateway_upstream_calls_total{{backend="b"}} {len(calls)}.0' in metrics
+
+
+async def test_servers_that_batch_by_themselves_get_every_request_at_once() -> None:
+    """TEI and vLLM merge from their own queue better than the gateway can: by default
+    nothing waits at the gateway, and there is no small cap on calls in flight."""
+    app = create_tei_app(MODEL, dims=DIMS)
+    app[FAKE_STATE].delay = 0.2
+    async with through_gateway(app, "tei", merge=None) as (url, state, session):
+        texts = [[f"eager {c}"] for c in range(12)]
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(*(embed(session, url, t) for t in texts))
+        took = asyncio.get_running_loop().time() - started
+        for (status, body, _), mine in zip(results, texts, strict=True):
+            assert status == 200, body
+            assert_own_rows(body, mine)
+        assert len(upstream_inputs(state)) == len(texts)
+        assert took < 0.6, f"{took:.2f} s: requests were sent one after another"
 
 
 async def test_identical_inputs_in_one_call_are_sent_once() -> None:
