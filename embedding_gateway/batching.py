@@ -123,6 +123,8 @@ class Batcher:
                 retry_after=1,
             )
         lane = self._lane(base_url, model, options)
+        if self._alone(lane, inputs):
+            return await self._embed_alone(lane, inputs)
         loop = asyncio.get_running_loop()
         weights = [len(item) for item in inputs]
         ticket = Ticket(inputs, weights, loop.create_future(), time.monotonic())
@@ -140,6 +142,50 @@ class Batcher:
         finally:
             if expiry is not None:
                 expiry.cancel()
+
+    def _alone(self, lane: Lane, inputs: Inputs) -> bool:
+        """Can this request go out at once as a call of its own, with nothing to merge it
+        with? (The common case at low load: it skips the queue, the ticket and a task.)"""
+        address = lane.address
+        return (
+            not lane.queue
+            and address.calls < address.limit.limit
+            and len(inputs) <= self.backend.batch_limit(lane.options)
+            and self.backend.request_byte_limit is None
+            and self.backend.inflight_input_ceiling is None
+            and (len(inputs) == 1 or (isinstance(inputs[0], str)
+                                      and len(set(inputs)) == len(inputs)))
+        )
+
+    async def _embed_alone(self, lane: Lane, inputs: Inputs) -> Embeddings:
+        address = lane.address
+        address.calls += 1
+        address.inputs += len(inputs)
+        in_flight = address.calls
+        self.metrics.observe_upstream_call(backend=self.name, inputs=len(inputs), requests=1,
+                                           deduplicated=0)
+        started = time.monotonic()
+        try:
+            result = await self._call(lane, list(inputs))
+        except GatewayError as exc:
+            if exc.upstream_kind is not None:
+                self.metrics.upstream_error(backend=self.name, kind=exc.upstream_kind)
+            if exc.status != 413 or len(inputs) == 1:
+                raise
+            too_big = exc
+        else:
+            address.limit.observe(time.monotonic() - started, in_flight, len(inputs))
+            return result
+        finally:
+            address.calls -= 1
+            address.inputs -= len(inputs)
+            self._pump(address)
+        # the upstream's body limit is smaller than known: split, as for any call
+        ticket = Ticket(inputs, [len(item) for item in inputs],
+                        asyncio.get_running_loop().create_future(), started, taken=len(inputs))
+        part = Part(ticket, 0, len(inputs), list(range(len(inputs))))
+        await self._recover(lane, Call(list(inputs), [part], full=True), too_big)
+        return await ticket.future
 
     def in_flight(self) -> dict[str, Any]:
         """What ``/health`` shows of the batcher."""

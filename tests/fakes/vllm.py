@@ -92,6 +92,7 @@ def create_vllm_app(
     *,
     served_model_name: str | None = None,
     api_key: str | None = None,
+    body_limit: int = MAX_BODY,  # vLLM has none of its own; a proxy in front of it may
 ) -> web.Application:
     state = VllmState(
         model=model,
@@ -103,7 +104,7 @@ def create_vllm_app(
         api_key=api_key,
         created=int(time.time()),
     )
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=body_limit)
     install_state(app, state)
     app[VLLM_STATE] = state
     app.middlewares.append(_api_key)
