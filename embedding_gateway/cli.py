@@ -8,8 +8,8 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import IO
 
 import orjson
 import structlog
@@ -27,6 +27,33 @@ PRELOAD_PING = 10.0  # seconds between EXTEND_TIMEOUT_USEC while waiting for pre
 CLOSE_TIMEOUT = 1.0  # for connections still open after the drain (it waited for requests)
 
 
+class LogSink:
+    """Where log lines go: one write each, and a line that cannot be written (a full disk, a
+    file-size limit, a closed pipe) is dropped and counted, never raised. Logging must not be
+    able to fail a request, end a background task or stop a shutdown; once lines can be
+    written again, the first one says how many were lost."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.dropped = 0
+
+    def msg(self, line: bytes | str) -> None:
+        data = line.encode() if isinstance(line, str) else line
+        if self.dropped:
+            note = orjson.dumps({"event": "log_lines_dropped", "count": self.dropped,
+                                 "level": "warning"})
+            data = note + b"\n" + data
+        try:
+            self.stream.write(data + b"\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.dropped += 1
+        else:
+            self.dropped = 0
+
+    debug = info = warning = warn = error = critical = exception = fatal = failure = msg
+
+
 def configure_logging(level: str = "info") -> None:
     """JSON lines off a TTY (journald, files), a readable console on a TTY.
 
@@ -34,13 +61,11 @@ def configure_logging(level: str = "info") -> None:
     write each: the request log line is on every request's path.
     """
     renderer: structlog.typing.Processor
-    factory: Callable[..., Any]
     if sys.stdout.isatty():
         renderer = structlog.dev.ConsoleRenderer()
-        factory = structlog.PrintLoggerFactory(sys.stdout)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
+    sink = LogSink(sys.stdout.buffer)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -51,7 +76,7 @@ def configure_logging(level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=factory,
+        logger_factory=lambda *_: sink,
         cache_logger_on_first_use=True,
     )
 
