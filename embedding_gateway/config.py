@@ -56,6 +56,11 @@ def _bounds(**limits: float) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def _non_empty(backends: Mapping[str, Any]) -> None:
+    if not backends:
+        raise ValueError("at least one backend is needed: with none, every model is a 404")
+
+
 @frozen(kw_only=True)
 class Limits:
     max_body_bytes: int = field(default=16 * 1024 * 1024, validator=_bounds(gt=0))
@@ -208,7 +213,7 @@ class GatewayConfig:
     server: ServerConfig = field(factory=ServerConfig)
     metrics: MetricsConfig = field(factory=MetricsConfig)
     gpus: dict[DeviceId, GpuConfig] = field(factory=dict)
-    backends: dict[str, BackendConfig]
+    backends: dict[str, BackendConfig] = field(validator=lambda _i, _a, value: _non_empty(value))
 
 
 class _Invalid(ValueError):

@@ -142,7 +142,9 @@ def admit(request: web.Request, gateway: Gateway) -> None:
     keys = gateway.config.server.api_keys
     if keys and not (request.path == "/metrics" and gateway.config.metrics.public):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        # aiohttp keeps bytes that are not UTF-8 as surrogates: they match no key (a 401)
+        given = (token.strip().encode("utf-8", "surrogateescape")
+                 if scheme.lower() == "bearer" else b"")
         matched = False
         # every key is compared, so timing does not tell which one matched; no key, no match
         for key in keys if given else ():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -329,3 +330,19 @@ async def test_a_body_that_cannot_be_decoded_is_a_400() -> None:
                 envelope = await resp.json()
             assert envelope["error"]["type"] == "invalid_request_error"
             assert "could not be read" in envelope["error"]["message"]
+
+
+async def test_an_authorization_header_that_is_not_utf8_is_a_401() -> None:
+    async with tei_gateway(server={"api_keys": ["k-one"]}) as (url, _session, _):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = b'{"model": "bge", "input": "x"}'
+        writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Authorization: Bearer k-\xff\xfe\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401"), answer[:300]
+        assert json.loads(payload)["error"]["type"] == "authentication_error"

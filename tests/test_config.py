@@ -412,3 +412,11 @@ def test_a_broken_gpus_section_is_reported_not_raised(gpus: object, problem: str
     with pytest.raises(ConfigError) as caught:
         parse_config(document, env={})
     assert caught.value.problems == [problem]
+
+
+def test_a_config_without_backends_is_refused() -> None:
+    """``backends: {}`` would serve nothing: every model a 404, also after a reload."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"backends": {}}, env={})
+    assert caught.value.problems == [
+        "backends: at least one backend is needed: with none, every model is a 404"]

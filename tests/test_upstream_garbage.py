@@ -48,11 +48,17 @@ def answer(data: Any, **extra: Any) -> dict[str, Any]:
     answer([item(0), item(0)]),  # two inputs, one index twice: order unknowable
     answer([item(0), {"object": "embedding", "embedding": [0.6, 0.8]}]),
     answer([item(0, ["x", "y"])]),
+    answer([item(0, [True, False])]),
+    answer([item(0, ["0.6", "0.8"])]),
+    answer([item(0)], usage={"prompt_tokens": 10**30}),
+    answer([item(0)], usage={"prompt_tokens": -5}),
+    answer([item(0)], usage={"prompt_tokens": 2.5}),
     answer(None),
     [1, 2, 3],
     b"",
 ], ids=["strings", "null-index", "usage-str", "tokens-str", "dup-index", "missing-index",
-        "non-numbers", "null-data", "list-body", "empty-body"])
+        "non-numbers", "booleans", "numeric-strings", "tokens-1e30", "tokens-negative",
+        "tokens-fraction", "null-data", "list-body", "empty-body"])
 async def test_a_malformed_answer_is_a_502(body: Any) -> None:
     inputs = ["a", "b"] if isinstance(body, dict) and isinstance(body.get("data"), list) \
         and len(body["data"]) == 2 else ["a"]

@@ -93,14 +93,36 @@ def upstream_name(name: str, model: ModelConfig) -> str:
     return model.upstream_model or name
 
 
+def numbers(value: Any) -> np.ndarray:
+    """JSON arrays of numbers as a float32 array; booleans and numeric strings are not
+    numbers (numpy would read ``true`` and ``"0.5"`` as 1.0 and 0.5)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"not numbers (read as {array.dtype})")
+    return array.astype(np.float32, copy=False)
+
+
 def decode_vector(value: Any) -> np.ndarray:
     """One upstream vector (float list or base64 float32 LE) as a float32 array."""
     if isinstance(value, str):
         return np.frombuffer(b64decode(value), dtype="<f4")
-    vector = np.asarray(value, dtype=np.float32)
+    vector = numbers(value)
     if vector.ndim != 1:
         raise ValueError(f"a vector must be one-dimensional, got {vector.ndim} dimensions")
     return vector
+
+
+TOKEN_COUNT_LIMIT = 2**40  # far beyond any request; a count past it is not a count
+
+
+def token_count(value: Any, where: str) -> int:
+    """An upstream's token count: absent is 0; anything but a plausible count is its fault."""
+    if value is None:
+        return 0
+    if type(value) is not int or not 0 <= value < TOKEN_COUNT_LIMIT:
+        raise UpstreamFailed(f"{where} reported an impossible token count ({value!r:.40})",
+                             upstream_kind="bad_response")
+    return value
 
 
 def stack(vectors: list[np.ndarray], expected: int, where: str) -> np.ndarray:
@@ -143,7 +165,7 @@ def _decode(values: list[Any], expected: int, where: str) -> np.ndarray:
                 return np.frombuffer(b"".join(rows), dtype="<f4").reshape(expected, size // 4)
         elif all(type(v) is list for v in values):
             try:
-                matrix = np.array(values, dtype=np.float32)
+                matrix = numbers(values)
             except (ValueError, TypeError):
                 matrix = None  # ragged or not numbers: stack names the problem
             if matrix is not None and matrix.ndim == 2 and matrix.shape[1] > 0:

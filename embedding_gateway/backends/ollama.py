@@ -14,7 +14,15 @@ import structlog
 from ..config import ModelConfig
 from ..errors import GatewayError, UpstreamFailed
 from ..schemas import Embeddings, Inputs
-from .base import Backend, Probe, decode_vectors, model_mismatch, reading, served_name
+from .base import (
+    Backend,
+    Probe,
+    decode_vectors,
+    model_mismatch,
+    reading,
+    served_name,
+    token_count,
+)
 
 log = structlog.get_logger("embedding_gateway.backends.ollama")
 
@@ -55,7 +63,7 @@ class OllamaBackend(Backend):
             got = body.get("model")
             if got is not None and with_tag(str(got)) != with_tag(asked):
                 raise model_mismatch(self, asked, got)
-            tokens = int(body.get("prompt_eval_count") or 0)
+            tokens = token_count(body.get("prompt_eval_count"), where)
         return Embeddings(decode_vectors(body["embeddings"], len(inputs), where), tokens)
 
     async def preload(self, base_url: str, name: str, model: ModelConfig) -> None:

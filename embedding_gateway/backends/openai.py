@@ -17,6 +17,7 @@ from .base import (
     model_mismatch,
     reading,
     served_name,
+    token_count,
     upstream_name,
 )
 
@@ -49,7 +50,7 @@ class OpenAIBackend(Backend):
                 raise model_mismatch(self, asked, got)
             items = in_index_order(body["data"], where)
             vectors = [item["embedding"] for item in items]
-            tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
+            tokens = token_count((body.get("usage") or {}).get("prompt_tokens"), where)
         return Embeddings(decode_vectors(vectors, len(inputs), where), tokens)
 
     async def probe(self, base_url: str, timeout: float) -> Probe:
