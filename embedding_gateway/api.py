@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .errors import InvalidRequest
 from .schemas import parse_embedding_request, response_body, response_chunks
-from .state import GATEWAY, LOG_FIELDS
+from .state import AUTHORIZED, GATEWAY, LOG_FIELDS
 
 STREAM_ABOVE_VALUES = 64 * 1024  # responses with more floats than this are written in pieces
 STARTED = int(time.time())
@@ -83,11 +83,12 @@ async def health(request: web.Request) -> web.Response:
     healthy = all(b["healthy"] for b in backends.values())
     for name, b in backends.items():
         gateway.metrics.set_backend_health(backend=name, healthy=bool(b["healthy"]))
-    body = {
+    body: dict[str, Any] = {
         "status": "ok" if healthy and not gateway.draining else "degraded",
         "draining": gateway.draining,
-        "backends": backends,
     }
+    if request[AUTHORIZED]:  # models, addresses and upstream logs are for key holders
+        body["backends"] = backends
     return json_response(body, 200 if healthy and not gateway.draining else 503)
 
 
@@ -95,10 +96,10 @@ async def ready(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     serving = sorted(n for n, u in gateway.upstreams.items() if u.can_serve)
     is_ready = bool(serving) and not gateway.draining
-    return json_response(
-        {"status": "ready" if is_ready else "not_ready", "serving_backends": serving},
-        200 if is_ready else 503,
-    )
+    body: dict[str, Any] = {"status": "ready" if is_ready else "not_ready"}
+    if request[AUTHORIZED]:
+        body["serving_backends"] = serving
+    return json_response(body, 200 if is_ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

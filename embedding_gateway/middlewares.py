@@ -23,7 +23,7 @@ from .errors import (
     PayloadTooLarge,
     Unavailable,
 )
-from .state import GATEWAY, LOG_FIELDS, REQUEST_ID, Gateway
+from .state import AUTHORIZED, GATEWAY, LOG_FIELDS, REQUEST_ID, Gateway
 
 log = structlog.get_logger("embedding_gateway.request")
 
@@ -78,6 +78,7 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     try:
         if request.path in PUBLIC_PATHS:
+            request[AUTHORIZED] = has_key(request, gateway)  # public: details need the key
             response = await handler(request)
         else:
             admit(request, gateway)
@@ -134,22 +135,30 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+def has_key(request: web.Request, gateway: Gateway) -> bool:
+    """Does the request carry one of the bearer keys (or are there none)? Every key is
+    compared, in constant time, so timing does not tell which one matched."""
+    keys = gateway.config.server.api_keys
+    if not keys:
+        return True
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    # aiohttp keeps bytes that are not UTF-8 as surrogates: they match no key (a 401)
+    given = (token.strip().encode("utf-8", "surrogateescape")
+             if scheme.lower() == "bearer" else b"")
+    matched = False
+    for key in keys if given else ():
+        matched |= hmac.compare_digest(given, key.encode())
+    return matched
+
+
 def admit(request: web.Request, gateway: Gateway) -> None:
-    """Refuse work while shutting down, and check bearer keys in constant time."""
+    """Refuse work while shutting down, and requests without a valid key."""
     if gateway.draining:
         raise Unavailable("the gateway is shutting down; retry on another instance",
                           retry_after=2)
-    keys = gateway.config.server.api_keys
-    if keys and not (request.path == "/metrics" and gateway.config.metrics.public):
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        # aiohttp keeps bytes that are not UTF-8 as surrogates: they match no key (a 401)
-        given = (token.strip().encode("utf-8", "surrogateescape")
-                 if scheme.lower() == "bearer" else b"")
-        matched = False
-        # every key is compared, so timing does not tell which one matched; no key, no match
-        for key in keys if given else ():
-            matched |= hmac.compare_digest(given, key.encode())
-        if not matched:
-            raise AuthenticationFailed(
-                "missing or invalid API key; send 'Authorization: Bearer <key>'"
-            )
+    if request.path == "/metrics" and gateway.config.metrics.public:
+        return
+    if not has_key(request, gateway):
+        raise AuthenticationFailed(
+            "missing or invalid API key; send 'Authorization: Bearer <key>'"
+        )

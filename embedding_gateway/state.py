@@ -190,3 +190,4 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, Any])
 REQUEST_ID = web.RequestKey("request_id", str)
+AUTHORIZED = web.RequestKey("authorized", bool)  # on public paths: did it carry a valid key

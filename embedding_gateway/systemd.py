@@ -122,13 +122,25 @@ class Notifier:
             log.debug("sd_notify_failed", notification=lines[0], error=str(exc))
 
 
-def child_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a child process: ours without systemd's notify variables.
+# What a model server needs from the gateway's environment to run at all; everything else
+# (client API keys, other backends' keys, the notify socket) stays with the gateway.
+CHILD_PASSLIST = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "LD_LIBRARY_PATH", "VIRTUAL_ENV", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE", "TRANSFORMERS_CACHE", "SENTENCE_TRANSFORMERS_HOME",
+    "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
+})
+CHILD_PASS_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
 
-    A child that inherits ``NOTIFY_SOCKET`` could report READY or STOPPING for the gateway
-    (with ``NotifyAccess=main`` systemd drops them, but noisily).
-    """
-    env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
+
+def child_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process: what running a program needs from ours
+    (``CHILD_PASSLIST``, locale, CUDA and NVIDIA variables), plus ``extra`` (what the config
+    names). Never systemd's notify variables: a child that inherits ``NOTIFY_SOCKET`` could
+    report READY or STOPPING for the gateway. Never the gateway's other secrets."""
+    env = {k: v for k, v in os.environ.items()
+           if (k in CHILD_PASSLIST or k.startswith(CHILD_PASS_PREFIXES))
+           and k not in SYSTEMD_VARIABLES}
     if extra:
         env.update(extra)
     return env

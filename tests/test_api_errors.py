@@ -346,3 +346,16 @@ async def test_an_authorization_header_that_is_not_utf8_is_a_401() -> None:
         head, _, payload = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 401"), answer[:300]
         assert json.loads(payload)["error"]["type"] == "authentication_error"
+
+
+async def test_without_the_key_health_says_up_or_down_and_nothing_else() -> None:
+    """Model names, upstream addresses and managed servers' log lines are for key holders."""
+    async with tei_gateway(server={"api_keys": ["k-one"]}) as (url, session, _):
+        for path in ("/health", "/health/ready"):
+            status, body, _ = await call(session, url, method="GET", path=path)
+            assert status == 200
+            assert set(body) <= {"status", "draining"}, body
+            status, body, _ = await call(session, url, method="GET", path=path,
+                                         headers={"Authorization": "Bearer k-one"})
+            assert status == 200
+            assert {"backends", "serving_backends"} & set(body), body

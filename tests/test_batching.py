@@ -220,7 +220,7 @@ async def test_one_huge_request_does_not_starve_the_others() -> None:
     app = create_vllm_app(MODEL, dims=DIMS, error_shape="nested")
     app[FAKE_STATE].delay = 0.05
     config = {"max_batch": 8, "max_calls_per_request": 2, "max_concurrency": 3}
-    async with through_gateway(app, "vllm", **config) as (url, state, session):
+    async with through_gateway(app, "vllm", **config) as (url, _state, session):
         huge = [f"huge {i}" for i in range(160)]  # 20 calls, two at a time
         big = asyncio.create_task(embed(session, url, huge))
         await asyncio.sleep(0.02)

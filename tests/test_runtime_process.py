@@ -120,12 +120,23 @@ async def test_the_log_ring_keeps_only_the_last_lines(runtime: ProcessRuntime) -
     await runtime.stop(handle, grace=1)
 
 
-async def test_a_secret_the_child_inherits_is_scrubbed_from_its_logs(
+async def test_the_gateways_secrets_stay_with_it_and_named_ones_are_scrubbed(
     runtime: ProcessRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``HF_TOKEN`` from the gateway's own environment (systemd's EnvironmentFile)."""
+    """``HF_TOKEN`` in the gateway's own environment (systemd's EnvironmentFile) reaches a
+    child only when the config names it, and is scrubbed from its logs; URL passwords and
+    bearer credentials the child prints are scrubbed wherever they appear."""
     monkeypatch.setenv("HF_TOKEN", "hf_inherited_secret_value")
-    handle = await runtime.start(sh('echo "loading with $HF_TOKEN"'))
+    monkeypatch.setenv("GATEWAY_API_KEY", "client-key-value")
+    script = ('echo "token=${HF_TOKEN:-unset} key=${GATEWAY_API_KEY:-unset}"; '
+              'echo "db postgres://app:pa55w0rd@db:5432/x"; echo "Authorization: Bearer abc.d"')
+    handle = await runtime.start(sh(script))
+    await wait_exited(runtime, handle)
+    assert await runtime.logs(handle) == (
+        "token=unset key=unset\ndb postgres://app:***@db:5432/x\nAuthorization: Bearer ***\n")
+    # env: {HF_TOKEN: "${HF_TOKEN}"} in the config, as read
+    named = sh('echo "loading with $HF_TOKEN"', env={"HF_TOKEN": "hf_inherited_secret_value"})
+    handle = await runtime.start(named)
     await wait_exited(runtime, handle)
     assert await runtime.logs(handle) == "loading with ***\n"
 
@@ -142,9 +153,10 @@ async def test_placeholders_env_and_no_systemd_variables(
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/gateway-notify.sock")
     monkeypatch.setenv("WATCHDOG_USEC", "5000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    monkeypatch.setenv("FROM_GATEWAY", "inherited")
+    monkeypatch.setenv("FROM_GATEWAY", "not passed on")
     script = ('echo "notify=${NOTIFY_SOCKET:-unset} usec=${WATCHDOG_USEC:-unset} '
-              'pid=${WATCHDOG_PID:-unset}"; echo "model=$SERVED inherited=$FROM_GATEWAY" {port}; '
+              'pid=${WATCHDOG_PID:-unset}"; echo "model=$SERVED inherited=${FROM_GATEWAY:-no}" '
+              '{port}; '
               'echo "token=$API_TOKEN"')
     spec = sh(script, env={"SERVED": "{model}", "API_TOKEN": SECRET}, model="m1")
     handle = await runtime.start(spec)
@@ -152,7 +164,7 @@ async def test_placeholders_env_and_no_systemd_variables(
     await wait_exited(runtime, handle)
     assert await runtime.logs(handle) == (
         "notify=unset usec=unset pid=unset\n"
-        f"model=m1 inherited=inherited {spec.host_port}\n"
+        f"model=m1 inherited=no {spec.host_port}\n"
         "token=***\n")
     await runtime.stop(handle, grace=1)
 

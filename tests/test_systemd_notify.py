@@ -187,13 +187,20 @@ def test_unsupported_socket_address_disables_the_notifier() -> None:
     assert not Notifier({"NOTIFY_SOCKET": "vsock:2:1234"}).enabled
 
 
-def test_child_environ_strips_the_notify_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_child_environ_strips_the_notify_variables_and_the_gateways_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     monkeypatch.setenv("HF_HOME", "/var/lib/embedding-gateway/hf")
+    monkeypatch.setenv("GATEWAY_API_KEY", "client-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "another-backends-key")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     env = child_environ({"PORT": "18000"})
     assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} & env.keys()
+    assert not {"GATEWAY_API_KEY", "OPENAI_API_KEY"} & env.keys()
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
     assert env["HF_HOME"] == "/var/lib/embedding-gateway/hf"
     assert env["PORT"] == "18000"
     assert env["PATH"] == os.environ["PATH"]

@@ -2,7 +2,9 @@
 
 A secret is the value of an environment variable whose name contains TOKEN, KEY, SECRET or
 PASSWORD (any case), or the value of a command-line flag so named (``--api-key VALUE``,
-``--hf-token=VALUE``): model servers often print their arguments as they start.
+``--hf-token=VALUE``): model servers often print their arguments as they start. Wherever they
+appear, the password of a URL (``postgres://user:password@host``) and the credential after
+``Bearer``/``Basic`` are secrets too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import re
 from collections.abc import Mapping, Sequence
 
 _SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s/@]+(@)")
+_AUTH_VALUE = re.compile(r"(\b(?:Bearer|Basic)\s+)[^\s\"',;]+", re.IGNORECASE)
 MASK = "***"
 
 
@@ -35,4 +39,5 @@ def scrub(text: str, env: Mapping[str, str], args: Sequence[str] = ()) -> str:
     """``text`` with every secret of ``env`` and ``args`` replaced by ``***``."""
     for value in secret_values(env, args):
         text = text.replace(value, MASK)
-    return text
+    text = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<2>", text)
+    return _AUTH_VALUE.sub(rf"\g<1>{MASK}", text)
