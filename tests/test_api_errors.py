@@ -351,6 +351,9 @@ async def test_an_authorization_header_that_is_not_utf8_is_a_401() -> None:
 async def test_without_the_key_health_says_up_or_down_and_nothing_else() -> None:
     """Model names, upstream addresses and managed servers' log lines are for key holders."""
     async with tei_gateway(server={"api_keys": ["k-one"]}) as (url, session, _):
+        status, body, _ = await call(session, url, {"model": "bge", "input": "x"},
+                                     headers={"Authorization": "Bearer k-one"})
+        assert status == 200, body  # the backend is checked, and healthy
         for path in ("/health", "/health/ready"):
             status, body, _ = await call(session, url, method="GET", path=path)
             assert status == 200
