@@ -8,8 +8,10 @@ them; only the error middleware renders them (``envelope``).
     ├── InvalidRequest        400 invalid_request_error
     │   └── UnsupportedInput  400 (token ids to an upstream that takes only text, …)
     ├── AuthenticationFailed  401 authentication_error
+    ├── CrossOriginRefused    403 (a browser request from another site's page)
     ├── ModelNotFound         404 model_not_found
     ├── PayloadTooLarge       413
+    ├── UnsupportedMediaType  415 (a browser's form or text body)
     ├── QueueFull             429 + Retry-After
     ├── UpstreamRejected      upstream's 4xx, its message kept
     ├── UpstreamFailed        502 (refused, reset, 5xx, garbled body)
@@ -81,6 +83,12 @@ class AuthenticationFailed(GatewayError):
     code = "invalid_api_key"
 
 
+class CrossOriginRefused(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "cross_origin_refused"
+
+
 class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -101,6 +109,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class QueueFull(GatewayError):

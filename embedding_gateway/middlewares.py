@@ -8,6 +8,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import orjson
 import structlog
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from .errors import (
     AuthenticationFailed,
+    CrossOriginRefused,
     GatewayError,
     InternalError,
     InvalidRequest,
@@ -22,6 +24,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     Unavailable,
+    UnsupportedMediaType,
 )
 from .state import AUTHORIZED, GATEWAY, LOG_FIELDS, REQUEST_ID, Gateway
 
@@ -151,8 +154,29 @@ def has_key(request: web.Request, gateway: Gateway) -> bool:
     return matched
 
 
+def refuse_other_sites(request: web.Request) -> None:
+    """A page on another site must not make a visitor's browser use this gateway (without
+    API keys, that would embed and swap models at will): a browser names the page's origin,
+    and only the gateway's own pages (the playground) may send from it. A browser's form or
+    text body is refused too, since it skips the browser's CORS check; curl, which sends a
+    form type but no Origin, is not a browser and is not refused."""
+    origin = request.headers.get("Origin")
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if origin is None and fetch_site in (None, "none", "same-origin"):
+        return
+    if (fetch_site not in (None, "none", "same-origin")
+            or origin is None or urlsplit(origin).netloc != request.host):
+        raise CrossOriginRefused(
+            f"requests from another site's pages are refused (Origin {origin!r}); "
+            "call the API from a server, or open the playground on this gateway")
+    if request.method == "POST" and request.content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"send 'Content-Type: application/json' (got {request.content_type!r})")
+
+
 def admit(request: web.Request, gateway: Gateway) -> None:
-    """Refuse work while shutting down, and requests without a valid key."""
+    """Refuse work while shutting down, other sites' pages and requests without a key."""
+    refuse_other_sites(request)
     if gateway.draining:
         raise Unavailable("the gateway is shutting down; retry on another instance",
                           retry_after=2)

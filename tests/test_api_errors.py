@@ -362,3 +362,32 @@ async def test_without_the_key_health_says_up_or_down_and_nothing_else() -> None
                                          headers={"Authorization": "Bearer k-one"})
             assert status == 200
             assert {"backends", "serving_backends"} & set(body), body
+
+
+async def test_another_sites_page_cannot_use_the_gateway_through_a_browser() -> None:
+    """Without API keys, a page elsewhere could otherwise embed (and swap models) through
+    its visitors' browsers; the gateway's own pages and non-browser clients are unaffected."""
+    async with tei_gateway() as (url, session, _):
+        body = b'{"model": "bge", "input": "x"}'
+        host = url.removeprefix("http://")
+        refused = [
+            {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+            {"Origin": "https://evil.example", "Content-Type": "application/json"},
+            {"Origin": "null", "Content-Type": "text/plain"},
+            {"Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"},
+            {"Origin": f"http://{host.split(':')[0]}:1", "Sec-Fetch-Site": "same-site"},
+        ]
+        for headers in refused:
+            status, envelope, _ = await call(session, url, raw=body, headers=headers)
+            assert_error(status, envelope, 403)
+            assert envelope["error"]["code"] == "cross_origin_refused"
+        same = {"Origin": url, "Sec-Fetch-Site": "same-origin"}
+        status, envelope, _ = await call(session, url, raw=body,
+                                         headers={**same, "Content-Type": "text/plain"})
+        assert_error(status, envelope, 415)
+        status, envelope, _ = await call(session, url, raw=body,
+                                         headers={**same, "Content-Type": "application/json"})
+        assert status == 200, envelope
+        curl = {"Content-Type": "application/x-www-form-urlencoded"}  # curl -d, no Origin
+        status, envelope, _ = await call(session, url, raw=body, headers=curl)
+        assert status == 200, envelope

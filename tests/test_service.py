@@ -315,7 +315,7 @@ async def test_sigterm_finishes_the_request_in_flight_and_exits_zero(
 # --- managed children ------------------------------------------------------------------------
 
 
-async def test_managed_processes_do_not_inherit_the_notify_socket(
+async def test_managed_processes_get_what_the_config_names_not_the_notify_socket(
     notify: NotifyListener, gateway_process: GatewayFactory, tmp_path: Path
 ) -> None:
     env_file, pid_file = tmp_path / "child.env", tmp_path / "child.pid"
@@ -327,13 +327,15 @@ async def test_managed_processes_do_not_inherit_the_notify_socket(
         "kind": "vllm",
         "base_url": f"http://127.0.0.1:{port}",
         "managed": {"runtime": "process", "command": ["sh", "-c", script],
+                    "env": {"MARKER_FOR_CHILD": "${MARKER_FOR_CHILD}"},
                     "start_timeout": 20, "stop_timeout": 5},
         "models": {"m": {"preload": True}},
     }
     gw = gateway_process()
     try:
         await start(gw, notify, gateway_config(gw.port, {"p": backend}, ready_after_preload=True),
-                    WATCHDOG_USEC="30000000", WATCHDOG_PID="1", MARKER_FOR_CHILD="yes")
+                    WATCHDOG_USEC="30000000", WATCHDOG_PID="1", MARKER_FOR_CHILD="yes",
+                    GATEWAY_ONLY_KEY="not for children")
         async with aiohttp.ClientSession() as session:
             status, body = await embed(session, gw, "m", ["from a child"])
         assert status == 200, body
@@ -342,6 +344,7 @@ async def test_managed_processes_do_not_inherit_the_notify_socket(
                          if "=" in line)
         assert child_env.get("MARKER_FOR_CHILD") == "yes"  # the file is the child's environment
         assert not set(SYSTEMD_VARIABLES) & set(child_env)
+        assert "GATEWAY_ONLY_KEY" not in child_env  # the config does not name it
         gw.signal(signal.SIGTERM)
         assert await gw.wait() == 0
     finally:
