@@ -197,6 +197,13 @@ class Batcher:
             },
         }
 
+    def refuse_waiting(self, reason: str) -> None:
+        """Answer every request whose inputs still wait for a call with a retryable 503
+        (a shutdown that ran out of time): better than a connection cut off."""
+        for lane in self.lanes.values():
+            for ticket in list(lane.queue):
+                self._withdraw(lane, ticket, Unavailable(reason, retry_after=1))
+
     async def close(self) -> None:
         for task in list(self._calls):
             task.cancel()

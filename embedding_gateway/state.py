@@ -87,6 +87,8 @@ class Gateway:
         if self.requests.count:
             for upstream in self.upstreams.values():
                 upstream.refuse_waiting("the gateway is shutting down; retry")
+            for batcher in self.batchers.values():
+                batcher.refuse_waiting("the gateway is shutting down; retry")
         return self.requests.count
 
     def build_upstream(self, name: str, backend_config: BackendConfig) -> Upstream:

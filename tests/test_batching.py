@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from tests.conftest import run_gateway
+from embedding_gateway.state import GATEWAY
+from tests.conftest import run_gateway, serve_app
 from tests.fakes import FAKE_STATE, FakeState, serve_fake
 from tests.fakes.tei import create_tei_app
 from tests.fakes.vectors import fake_vector
@@ -231,3 +232,22 @@ async def test_one_huge_request_does_not_starve_the_others() -> None:
         status, body, _ = await big
         assert status == 200
         assert_own_rows(body, huge)
+
+
+async def test_a_shutdown_that_runs_out_of_time_answers_queued_requests_503() -> None:
+    app = create_vllm_app(MODEL, dims=DIMS, error_shape="nested")
+    app[FAKE_STATE].hang = True
+    backend = {"kind": "vllm", "merge": "wait", "max_concurrency": 1, "timeout": 5,
+               "models": {MODEL: {}}}
+    async with serve_fake(app) as upstream, aiohttp.ClientSession() as session:
+        config = {"backends": {"b": {**backend, "base_url": upstream}}}
+        async with serve_app(config) as (url, gateway_app):
+            stuck = asyncio.create_task(embed(session, url, ["in flight"]))
+            await asyncio.sleep(0.1)
+            queued = asyncio.create_task(embed(session, url, ["queued"]))
+            await asyncio.sleep(0.1)
+            assert await gateway_app[GATEWAY].drain(0.2) == 2
+            status, body, headers = await asyncio.wait_for(queued, 2)
+            assert status == 503 and headers["Retry-After"], body
+            app[FAKE_STATE].hang = False
+            assert (await stuck)[0] == 200
