@@ -40,6 +40,8 @@ log = structlog.get_logger("embedding_gateway.supervisor")
 # in a fraction of a second), then backing off to once a second (a big one takes minutes)
 FAST_POLL, FAST_PHASE, MAX_POLL = 0.02, 2.0, 1.0
 CANCELLED_START_WAIT = 60.0  # how long a cancelled start waits for the runtime to finish
+# seconds before a model that failed to start is tried again; doubled after each failure
+BACKOFF_FIRST, BACKOFF_MAX = 2.0, 300.0
 
 
 class Supervisor(Upstream):
@@ -64,6 +66,8 @@ class Supervisor(Upstream):
         self.instances: dict[str, Instance] = {}
         self.waiters: list[Waiter] = []
         self.last_error: dict[str, tuple[float, str]] = {}
+        # model -> (starts failed in a row, monotonic time before which none is tried)
+        self._start_failures: dict[str, tuple[int, float]] = {}
         self._swaps: dict[str, tuple[float, list[str]]] = {}  # model -> (began, models it replaces)
         self.runtime_error: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -173,6 +177,10 @@ class Supervisor(Upstream):
         for model in policy.queue_order(oldest):
             if any(i.model == model for i in self.instances.values()):
                 continue  # starting, or ready but held for another group; wait
+            backoff = self._backing_off(model, now)
+            if backoff is not None:
+                self._fail_waiters(model, backoff)
+                continue
             reason = self._never_fits(model)
             if reason is not None:
                 self._fail_waiters(model, Unavailable(
@@ -199,6 +207,17 @@ class Supervisor(Upstream):
                         waiter.future.set_result(instance)
                     self.waiters.remove(waiter)
                     break
+
+    def _backing_off(self, model: str, now: float) -> Unavailable | None:
+        """A model whose last starts failed is not started again by every request: after
+        each failure in a row the wait doubles (BACKOFF_FIRST up to BACKOFF_MAX)."""
+        failures, retry_at = self._start_failures.get(model, (0, 0.0))
+        if now >= retry_at:
+            return None
+        error = self.last_error.get(model, (0.0, "it failed"))[1]
+        return Unavailable(
+            f"model {model!r} failed to start {failures} time(s) in a row (last: {error}); "
+            f"the next try is in {retry_at - now:.0f} s", retry_after=retry_at - now)
 
     def _never_fits(self, model: str) -> str | None:
         """Why ``model`` cannot be loaded whatever is evicted, if so (pinned models stay)."""
@@ -312,6 +331,7 @@ class Supervisor(Upstream):
         instance.state, instance.since = "ready", time.time()
         instance.ready_since = instance.last_used = time.monotonic()
         self.last_error.pop(instance.model, None)
+        self._start_failures.pop(instance.model, None)
         seconds = time.monotonic() - started
         self._publish(instance.model, "loaded")
         log.info("instance_ready", backend=self.name, model=instance.model,
@@ -360,12 +380,16 @@ class Supervisor(Upstream):
     async def _start_failed(self, instance: Instance, reason: str) -> None:
         self._swaps.pop(instance.model, None)
         log.error("instance_failed", backend=self.name, model=instance.model,
-                  instance=instance.id, reason=reason)
+                  instance=instance.id, reason=reason,
+                  failures=self._start_failures.get(instance.model, (0, 0.0))[0] + 1)
+        failures = self._start_failures.get(instance.model, (0, 0.0))[0] + 1
+        wait = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+        self._start_failures[instance.model] = (failures, time.monotonic() + wait)
         self.last_error[instance.model] = (time.time(), reason)
         self._publish(instance.model, "failed")
         await self._discard(instance)
         self._fail_waiters(instance.model, Unavailable(
-            f"model {instance.model!r} could not be started: {reason}", retry_after=5))
+            f"model {instance.model!r} could not be started: {reason}", retry_after=wait))
         self._wake.set()
 
     async def _discard(self, instance: Instance) -> None:
@@ -558,7 +582,13 @@ class Supervisor(Upstream):
                 return ModelState(state=state, healthy=True, since=instance.since,
                                   instance=instance.id, last_error=error and error[1])
         if error is not None:
-            return ModelState(state="failed", healthy=False, reason=error[1], since=error[0],
+            reason = error[1]
+            failures, retry_at = self._start_failures.get(model, (0, 0.0))
+            left = retry_at - time.monotonic()
+            if left > 0:
+                reason = (f"{reason} (failed {failures} time(s) in a row; next try in "
+                          f"{left:.0f} s)")
+            return ModelState(state="failed", healthy=False, reason=reason, since=error[0],
                               last_error=error[1])
         healthy = self.runtime_error is None
         return ModelState(state="idle", healthy=healthy, reason=self.runtime_error)

@@ -297,6 +297,14 @@ async def test_an_instance_that_exits_at_once_is_a_503_with_its_log_lines() -> N
         assert "CUDA error" in health["backends"]["t"]["reason"]
 
         del runtime.exit_at_once["m-a"]
+        # not started again by every request: they get 503 until the backoff has passed
+        for _ in range(30):
+            status, body, headers = await client.embed("m-a")
+            assert status == 503 and 1 <= int(headers["Retry-After"]) <= 2, body
+            assert "the next try is in" in body["error"]["message"]
+        assert runtime.starts == ["m-a"]
+        assert "next try in" in (await client.models())["m-a"]["reason"]
+        await asyncio.sleep(2)
         await client.ok("m-a")
         assert runtime.starts == ["m-a", "m-a"]
         state = (await client.models())["m-a"]

@@ -135,6 +135,7 @@ async def test_a_container_that_exits_at_once_is_a_503_with_its_logs_then_starts
         assert "weights are corrupt" in state["last_error"]
 
         (tmp_path / "ok").write_text("")
+        await asyncio.sleep(2)  # a model that failed to start is tried again after a backoff
         await embed_ok(session, url, MODELS[0], "x")
         assert runtimes[0].starts == MODELS[:1] * 2
 
