@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from typing import Any
 
 import orjson
@@ -120,11 +121,21 @@ async def debug_block_loop(request: web.Request) -> web.Response:
     return json_response({"blocked_seconds": seconds})
 
 
+async def expect_continue(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered; any other expectation is left for the error
+    middleware to refuse in the envelope (aiohttp's own handler answers plain text, and a
+    500 when the header is not UTF-8). It runs before the middleware."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        with suppress(ConnectionError):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
 def add_routes(app: web.Application, *, debug: bool = False) -> None:
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/health", health)
-    app.router.add_get("/health/ready", ready)
-    app.router.add_get("/metrics", metrics)
+    add_post, add_get = app.router.add_post, app.router.add_get
+    add_post("/v1/embeddings", embeddings, expect_handler=expect_continue)
+    add_get("/v1/models", models, expect_handler=expect_continue)
+    add_get("/health", health, expect_handler=expect_continue)
+    add_get("/health/ready", ready, expect_handler=expect_continue)
+    add_get("/metrics", metrics, expect_handler=expect_continue)
     if debug:
-        app.router.add_post("/debug/block-loop", debug_block_loop)
+        add_post("/debug/block-loop", debug_block_loop, expect_handler=expect_continue)

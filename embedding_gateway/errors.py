@@ -12,6 +12,7 @@ them; only the error middleware renders them (``envelope``).
     ├── ModelNotFound         404 model_not_found
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415 (a browser's form or text body)
+    ├── ExpectationFailed     417 (an Expect header other than 100-continue)
     ├── QueueFull             429 + Retry-After
     ├── UpstreamRejected      upstream's 4xx, its message kept
     ├── UpstreamFailed        502 (refused, reset, 5xx, garbled body)
@@ -115,6 +116,12 @@ class UnsupportedMediaType(GatewayError):
     status = 415
     type = "invalid_request_error"
     code = "unsupported_media_type"
+
+
+class ExpectationFailed(GatewayError):
+    status = 417
+    type = "invalid_request_error"
+    code = "expectation_failed"
 
 
 class QueueFull(GatewayError):

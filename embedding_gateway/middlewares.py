@@ -17,6 +17,7 @@ from aiohttp import web
 from .errors import (
     AuthenticationFailed,
     CrossOriginRefused,
+    ExpectationFailed,
     GatewayError,
     InternalError,
     InvalidRequest,
@@ -175,8 +176,13 @@ def refuse_other_sites(request: web.Request) -> None:
 
 
 def admit(request: web.Request, gateway: Gateway) -> None:
-    """Refuse work while shutting down, other sites' pages and requests without a key."""
+    """Refuse work while shutting down, other sites' pages, expectations other than
+    ``100-continue`` and requests without a key."""
     refuse_other_sites(request)
+    expect = request.headers.get("Expect")
+    if expect is not None and expect.lower() != "100-continue":
+        raise ExpectationFailed(
+            f"the only expectation understood is 100-continue, not {expect!a}")
     if gateway.draining:
         raise Unavailable("the gateway is shutting down; retry on another instance",
                           retry_after=2)

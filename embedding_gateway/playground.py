@@ -14,6 +14,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from .api import expect_continue
+
 # a link to the repository's top-level templates/, copied into the package when it is built
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 DEFAULT_TITLE = "Embedding Gateway"
@@ -56,4 +58,5 @@ def _csp(nonce: str) -> str:
 
 def setup_playground(app: web.Application) -> None:
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True)
-    app.router.add_get("/playground", playground, name="playground")
+    app.router.add_get("/playground", playground, name="playground",
+                       expect_handler=expect_continue)
