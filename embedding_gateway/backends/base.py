@@ -186,6 +186,10 @@ class Backend(ABC):
         self.config = config
         self.client = client
         self.upstream_batch_limit: int | None = None  # the upstream's own, learnt by probe()
+        # served name -> every name the upstream reports for the same weights (vLLM's
+        # several --served-model-names, TEI's model_id and served_model_name): an answer
+        # named by any of them comes from the model asked for. Learnt by probe().
+        self.same_weights: dict[str, frozenset[str]] = {}
         # inputs it takes in flight at once, where it says (TEI: max_concurrent_requests)
         self.inflight_input_ceiling: int | None = None
         self.limits: dict[str, Any] = {}  # what the upstream says of its limits, for /health
@@ -214,9 +218,16 @@ class Backend(ABC):
     async def probe(self, base_url: str, timeout: float) -> Probe:
         """Is the upstream up, and which configured models does it serve?"""
 
-    def check_served(self, serving: set[str], serves: str) -> Probe:
+    def answers_as(self, asked: str, model: ModelConfig, name: str) -> frozenset[str]:
+        """The model names an answer for ``asked`` may carry."""
+        return self.same_weights.get(asked, frozenset()) | {asked, upstream_name(name, model)}
+
+    def check_served(self, serving: set[str], serves: str,
+                     groups: list[frozenset[str]] | None = None) -> Probe:
         """A reachable upstream's check: each configured model is among ``serving``, or is a
-        mismatch that names what the upstream ``serves`` instead."""
+        mismatch that names what the upstream ``serves`` instead. ``groups``: the names that
+        the upstream reports for one set of weights each."""
+        self.same_weights = {name: group for group in groups or () for name in group}
         probe = Probe(reachable=True)
         for name, model in self.config.models.items():
             expected = served_name(name, model)

@@ -18,7 +18,6 @@ from .base import (
     reading,
     served_name,
     token_count,
-    upstream_name,
 )
 
 
@@ -46,7 +45,7 @@ class OpenAIBackend(Backend):
             if not isinstance(body.get("data"), list):
                 raise UpstreamFailed(f"{where} returned no 'data' list")
             got = body.get("model")
-            if got not in (asked, upstream_name(name, model)):
+            if got not in self.answers_as(asked, model, name):
                 raise model_mismatch(self, asked, got)
             items = in_index_order(body["data"], where)
             vectors = [item["embedding"] for item in items]
@@ -57,4 +56,9 @@ class OpenAIBackend(Backend):
         body = await self.request_json("GET", f"{api_root(base_url)}/models", timeout=timeout)
         with reading(f"upstream {self.name!r} /v1/models"):
             ids = {str(m["id"]) for m in body["data"]}
-        return self.check_served(ids, ", ".join(sorted(ids)) or "no models")
+            by_root: dict[str, set[str]] = {}
+            for card in body["data"]:  # vLLM: one card per served name, ``root`` the weights
+                if isinstance(card, dict) and card.get("root"):
+                    by_root.setdefault(str(card["root"]), set()).add(str(card["id"]))
+        groups = [frozenset(names) for names in by_root.values()]
+        return self.check_served(ids, ", ".join(sorted(ids)) or "no models", groups)

@@ -35,4 +35,5 @@ class TEIBackend(OpenAIBackend):
         permits = info.get("max_concurrent_requests")  # one permit per input in flight
         if isinstance(permits, int) and permits > 0:
             self.inflight_input_ceiling = permits
-        return self.check_served(serving, str(info.get("model_id")))
+        # /v1/embeddings answers with served_model_name: one model under either name
+        return self.check_served(serving, str(info.get("model_id")), [frozenset(serving)])

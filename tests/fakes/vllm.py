@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -46,7 +46,8 @@ ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the 
 
 @dataclass
 class VllmState(FakeState):
-    served_model_name: str = ""
+    served_model_name: str = ""  # the first of served_names: what every answer names
+    served_names: list[str] = field(default_factory=list)  # --served-model-name a b …
     max_model_len: int = 512
     matryoshka: bool = False
     error_shape: ErrorShape = "object"
@@ -90,14 +91,17 @@ def create_vllm_app(
     matryoshka: bool = False,
     error_shape: ErrorShape = "object",
     *,
-    served_model_name: str | None = None,
+    served_model_name: str | list[str] | None = None,
     api_key: str | None = None,
     body_limit: int = MAX_BODY,  # vLLM has none of its own; a proxy in front of it may
 ) -> web.Application:
+    names = ([served_model_name] if isinstance(served_model_name, str)
+             else list(served_model_name or [model]))
     state = VllmState(
         model=model,
         dims=dims,
-        served_model_name=served_model_name or model,
+        served_model_name=names[0],
+        served_names=names,
         max_model_len=max_model_len,
         matryoshka=matryoshka,
         error_shape=error_shape,
@@ -138,9 +142,16 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
+    """One card per served name, each with the weights' path as ``root``
+    (``openai/models/serving.py``)."""
     state = request.app[VLLM_STATE]
-    card = {
-        "id": state.served_model_name,
+    return web.json_response({"object": "list",
+                              "data": [_card(state, name) for name in state.served_names]})
+
+
+def _card(state: VllmState, name: str) -> dict[str, Any]:
+    return {
+        "id": name,
         "object": "model",
         "created": state.created,
         "owned_by": "vllm",
@@ -164,7 +175,6 @@ async def models(request: web.Request) -> web.Response:
             }
         ],
     }
-    return web.json_response({"object": "list", "data": [card]})
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -213,8 +223,9 @@ def _is_id(value: Any) -> bool:
 
 def _embed(state: VllmState, body: dict[str, Any]) -> web.Response:
     name = body.get("model")
-    if name is not None and name != state.served_model_name:
-        raise VllmError(404, f"The model `{name}` does not exist.")
+    if name is not None and name not in state.served_names:
+        raise VllmError(404, f"The model `{name}` does not exist. "
+                             f"Valid aliases: {', '.join(state.served_names)}.")
     items = parse_input(body.get("input"))
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
@@ -292,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_common_args(parser, default_port=8000)
     parser.add_argument("model_tag", nargs="?", help="as in `vllm serve MODEL`")
     parser.add_argument("--model")
-    parser.add_argument("--served-model-name")
+    parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--dims", type=int, default=384)
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--matryoshka", action="store_true")
