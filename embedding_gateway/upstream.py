@@ -9,6 +9,7 @@ it in the background; the supervisor provides the managed kind.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -22,6 +23,12 @@ from .backends.base import Backend, Probe
 from .errors import GatewayError, Unavailable, UpstreamFailed, UpstreamTimeout
 
 log = structlog.get_logger("embedding_gateway.upstream")
+
+
+def _state_of(probe: Probe) -> tuple[bool, str | None, tuple[str, ...]]:
+    """What a change of is worth a log line: reachability, and which models are not served."""
+    return (probe.reachable, probe.reason if not probe.reachable else None,
+            tuple(sorted({**probe.absent, **probe.mismatch})))
 
 
 @dataclass
@@ -162,11 +169,18 @@ class RemoteUpstream(Upstream):
             log.exception("probe_error", backend=self.name)
             reason = f"the check failed unexpectedly: {exc.__class__.__name__}"
             probe = Probe(reachable=False, reason=reason, error=UpstreamFailed(reason))
-        was_ok = self._probe is not None and self._probe.reachable
-        if was_ok != probe.reachable:
+        previous = self._probe
+        if previous is None or previous.reachable != probe.reachable:
             self._since = time.time()
-            log.info("backend_health", backend=self.name, healthy=probe.reachable,
-                     reason=probe.reason)
+        if previous is None or _state_of(previous) != _state_of(probe):
+            # once per change, the first check included: a backend down from the start, or
+            # serving something else, is in the log with the reason
+            problems = {**probe.absent, **probe.mismatch}
+            log.log(logging.INFO if probe.reachable and not problems else logging.WARNING,
+                    "backend_health", backend=self.name,
+                    healthy=probe.reachable and not problems,
+                    reason=probe.reason or "; ".join(f"{m}: {why}" for m, why in
+                                                     problems.items()) or None)
         self._probe, self._checked_at = probe, time.time()
         return probe
 
@@ -228,6 +242,10 @@ class RemoteUpstream(Upstream):
                 # unreachable now: the next request checks again before it is sent; a 5xx
                 # for one request says nothing of the next one
                 probe = self._probe
+                if probe.reachable:
+                    log.warning("backend_health", backend=self.name, healthy=False,
+                                reason=exc.message)
+                    self._since = time.time()
                 probe.reachable, probe.reason, probe.error = False, exc.message, exc
             raise
         finally:
