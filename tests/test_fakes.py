@@ -238,7 +238,7 @@ async def test_vllm_speaks_vllm(shape: str) -> None:
                 {"model": "other", "input": "a"},
                 404,
                 "NotFoundError",
-                "The model `other` does not exist.",
+                "The model `other` does not exist. Valid aliases: intfloat/e5-small.",
             ),
             (
                 {"input": "a", "dimensions": 8},

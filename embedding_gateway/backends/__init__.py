@@ -8,11 +8,12 @@ from .base import Backend
 from .ollama import OllamaBackend
 from .openai import OpenAIBackend
 from .tei import TEIBackend
+from .vllm import VLLMBackend
 
 ADAPTERS: dict[str, type[Backend]] = {
     "ollama": OllamaBackend,
     "tei": TEIBackend,
-    "vllm": OpenAIBackend,
+    "vllm": VLLMBackend,
     "openai": OpenAIBackend,
 }
 

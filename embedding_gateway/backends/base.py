@@ -245,15 +245,23 @@ class Backend(ABC):
         """Ask the upstream to load ``model`` ahead of requests (Ollama only)."""
 
     def error_message(self, body: Any) -> str | None:
-        """The upstream's own error text from a parsed error body."""
-        if isinstance(body, dict):
-            err = body.get("error")
-            if isinstance(err, dict):
-                return str(err.get("message") or err)
-            if isinstance(err, str):
-                return err
-            if "message" in body:
-                return str(body["message"])
+        """The upstream's own error text from a parsed error body: OpenAI's and vLLM's
+        ``{"error": {"message"}}``, Ollama's ``{"error": "…"}``, TEI's flat ``message``, and
+        FastAPI's ``{"detail": "…" | [{"loc", "msg"}, …]}`` (Infinity's 422s)."""
+        if not isinstance(body, dict):
+            return None
+        err = body.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or err)
+        if isinstance(err, str):
+            return err
+        if "message" in body:
+            return str(body["message"])
+        detail = body.get("detail")
+        if isinstance(detail, str):
+            return detail
+        if isinstance(detail, list) and detail:
+            return "; ".join(_validation_item(item) for item in detail)
         return None
 
     async def request_json(
@@ -313,6 +321,15 @@ class Backend(ABC):
         if 400 <= status < 500 and status != 424:
             return UpstreamRejected(text, status=status)
         return UpstreamFailed(f"{where} failed with HTTP {status}: {text}")
+
+
+def _validation_item(item: Any) -> str:
+    """One FastAPI validation error: ``body.input.0: Input should be a valid string``."""
+    if not isinstance(item, dict):
+        return str(item)
+    where = ".".join(str(part) for part in item.get("loc") or ())
+    message = str(item.get("msg") or item)
+    return f"{where}: {message}" if where else message
 
 
 def model_mismatch(backend: Backend, expected: str, got: Any) -> UpstreamFailed:

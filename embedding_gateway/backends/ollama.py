@@ -31,6 +31,12 @@ def with_tag(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+# Ollama answers 400 for every failure of /api/embed, its runner's crashes included
+# (server/routes.go): only these messages are about the request itself
+CLIENT_FAULTS = ("input length exceeds", "invalid input", "dimensions", "is required",
+                 "request body", "json", "unsupported type", "cannot be empty")
+
+
 class OllamaBackend(Backend):
     kind = "ollama"
     accepts_tokens = False
@@ -39,6 +45,12 @@ class OllamaBackend(Backend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._is_embedding: dict[str, bool] = {}  # tag -> has the "embedding" capability
+
+    def translate_error(self, status: int, body: Any, raw: bytes) -> GatewayError:
+        message = self.error_message(body) or raw[:200].decode("utf-8", "replace").strip()
+        if status == 400 and not any(fault in message.lower() for fault in CLIENT_FAULTS):
+            return UpstreamFailed(f"upstream {self.name!r} failed to embed: {message}")
+        return super().translate_error(status, body, raw)
 
     def canonical(self, name: str) -> str:
         return with_tag(name)
