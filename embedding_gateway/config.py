@@ -56,6 +56,11 @@ def _bounds(**limits: float) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def _api_prefix(value: str | None) -> None:
+    if value and (not value.startswith("/") or value.endswith("/")):
+        raise ValueError(f"must be empty or a path like /v1, got {value!r}")
+
+
 def _non_empty(backends: Mapping[str, Any]) -> None:
     if not backends:
         raise ValueError("at least one backend is needed: with none, every model is a 404")
@@ -183,6 +188,9 @@ class BackendConfig:
     max_queued_inputs: int = field(default=65536, validator=_bounds(ge=1))
     max_queue_wait: float = field(default=30, validator=_bounds(gt=0))  # seconds, then 503
     max_request_bytes: int | None = field(default=None, validator=_bounds(gt=0))  # per call
+    # where an OpenAI-compatible API lives under base_url: "/v1", or "" (Infinity without
+    # --url-prefix); null: "/v1", else found at the first check
+    api_prefix: str | None = field(default=None, validator=lambda _i, _a, v: _api_prefix(v))
     keep_alive: str | int | None = None  # Ollama only
     discover: bool = False  # Ollama: add embedding models found in /api/tags
     managed: ManagedConfig | None = None

@@ -31,6 +31,11 @@ def with_tag(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+def match_key(name: str) -> str:
+    """How Ollama matches a model name: with its tag (``:latest`` by default), ignoring case."""
+    return with_tag(name).lower()
+
+
 # Ollama answers 400 for every failure of /api/embed, its runner's crashes included
 # (server/routes.go): only these messages are about the request itself
 CLIENT_FAULTS = ("input length exceeds", "invalid input", "dimensions", "is required",
@@ -73,7 +78,7 @@ class OllamaBackend(Backend):
             if not isinstance(body.get("embeddings"), list):
                 raise UpstreamFailed(f"{where} returned no 'embeddings' list")
             got = body.get("model")
-            if got is not None and with_tag(str(got)) != with_tag(asked):
+            if got is not None and match_key(str(got)) != match_key(asked):
                 raise model_mismatch(self, asked, got)
             tokens = token_count(body.get("prompt_eval_count"), where)
         return Embeddings(decode_vectors(body["embeddings"], len(inputs), where), tokens)
@@ -88,17 +93,18 @@ class OllamaBackend(Backend):
     async def probe(self, base_url: str, timeout: float) -> Probe:
         body = await self.request_json("GET", f"{base_url}/api/tags", timeout=timeout)
         with reading(f"upstream {self.name!r} /api/tags"):
-            tags = {with_tag(str(m.get("name") or m["model"])) for m in body["models"]}
+            names = {with_tag(str(m.get("name") or m["model"])) for m in body["models"]}
+        tags = {match_key(name) for name in names}
         probe = Probe(reachable=True)
         for name, model in self.config.models.items():
             expected = served_name(name, model)
-            if with_tag(expected) in tags:
+            if match_key(expected) in tags:
                 probe.served.add(expected)
             else:
                 probe.absent[name] = f"model {expected!r} is not pulled on this Ollama"
         if self.config.discover:
-            configured = {with_tag(served_name(n, m)) for n, m in self.config.models.items()}
-            for tag in sorted(tags - configured):
+            configured = {match_key(served_name(n, m)) for n, m in self.config.models.items()}
+            for tag in sorted(n for n in names if match_key(n) not in configured):
                 if tag not in self._is_embedding:
                     try:
                         self._is_embedding[tag] = await self._has_embedding(

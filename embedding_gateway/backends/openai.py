@@ -6,8 +6,12 @@ vLLM answers errors in two shapes, ``{"object":"error","message",…}`` and
 
 from __future__ import annotations
 
+from typing import Any
+
+import structlog
+
 from ..config import ModelConfig
-from ..errors import UpstreamFailed
+from ..errors import UpstreamFailed, UpstreamRejected
 from ..schemas import Embeddings, Inputs
 from .base import (
     Backend,
@@ -20,10 +24,7 @@ from .base import (
     token_count,
 )
 
-
-def api_root(base_url: str) -> str:
-    """``http://h:8000`` and ``http://h:8000/v1`` both name the same API."""
-    return base_url if base_url.endswith("/v1") else f"{base_url}/v1"
+log = structlog.get_logger("embedding_gateway.backends.openai")
 
 
 class OpenAIBackend(Backend):
@@ -31,13 +32,42 @@ class OpenAIBackend(Backend):
     accepts_tokens = True
     default_batch = 256
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._found_prefix: dict[str, str] = {}  # base URL -> prefix found by probe()
+
+    def api_root(self, base_url: str) -> str:
+        """``http://h:8000`` and ``http://h:8000/v1`` both name the same API; a server
+        without ``/v1`` (Infinity's default) is found at the first check, or configured."""
+        if base_url.endswith("/v1"):
+            return base_url
+        prefix = self.config.api_prefix
+        if prefix is None:
+            prefix = self._found_prefix.get(base_url, "/v1")
+        return base_url + prefix
+
+    async def _models(self, base_url: str, timeout: float) -> Any:
+        """``/models`` under the API's prefix; with none configured, a 404 under ``/v1`` is
+        tried once more without it (and remembered when it answers)."""
+        try:
+            return await self.request_json("GET", f"{self.api_root(base_url)}/models",
+                                           timeout=timeout)
+        except UpstreamRejected as exc:
+            guessing = self.config.api_prefix is None and not base_url.endswith("/v1")
+            if exc.status != 404 or not guessing or self.api_root(base_url) == base_url:
+                raise
+        body = await self.request_json("GET", f"{base_url}/models", timeout=timeout)
+        self._found_prefix[base_url] = ""
+        log.info("api_prefix_found", backend=self.name, base_url=base_url, prefix="")
+        return body
+
     async def embed(
         self, base_url: str, name: str, model: ModelConfig, inputs: Inputs
     ) -> Embeddings:
         asked = served_name(name, model)  # vLLM accepts only its --served-model-name
         body = await self.request_json(
             "POST",
-            f"{api_root(base_url)}/embeddings",
+            f"{self.api_root(base_url)}/embeddings",
             {"model": asked, "input": inputs, "encoding_format": "base64"},
         )
         where = f"upstream {self.name!r}"
@@ -53,7 +83,7 @@ class OpenAIBackend(Backend):
         return Embeddings(decode_vectors(vectors, len(inputs), where), tokens)
 
     async def probe(self, base_url: str, timeout: float) -> Probe:
-        body = await self.request_json("GET", f"{api_root(base_url)}/models", timeout=timeout)
+        body = await self._models(base_url, timeout)
         with reading(f"upstream {self.name!r} /v1/models"):
             ids = {str(m["id"]) for m in body["data"]}
             by_root: dict[str, set[str]] = {}
@@ -61,4 +91,8 @@ class OpenAIBackend(Backend):
                 if isinstance(card, dict) and card.get("root"):
                     by_root.setdefault(str(card["root"]), set()).add(str(card["id"]))
         groups = [frozenset(names) for names in by_root.values()]
+        # Ollama's /v1/models: every id carries its tag, and "bge-m3" means "bge-m3:latest"
+        groups += [frozenset({i, i.removesuffix(":latest")}) for i in ids
+                   if i.endswith(":latest")]
+        ids |= {i.removesuffix(":latest") for i in ids}
         return self.check_served(ids, ", ".join(sorted(ids)) or "no models", groups)

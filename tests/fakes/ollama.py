@@ -8,6 +8,7 @@ Vectors are seeded with the model name without a `:latest` tag, so `bge-m3` and
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import re
@@ -105,6 +106,8 @@ def create_ollama_app(
     app.router.add_post("/api/show", show)
     app.router.add_post("/api/embed", embed)
     app.router.add_post("/api/embeddings", legacy_embeddings)
+    app.router.add_get("/v1/models", openai_models)
+    app.router.add_post("/v1/embeddings", openai_embeddings)
     return app
 
 
@@ -262,10 +265,11 @@ def parse_keep_alive(value: Any) -> float | None:
 def _resolve(state: OllamaState, name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise OllamaError(400, "model is required")
-    full = tagged(name)
-    if full not in _all_models(state):
-        raise OllamaError(404, f"model {json.dumps(name)} not found, try pulling it first")
-    return full
+    wanted = tagged(name).lower()  # Ollama matches names without regard to case
+    for full in _all_models(state):
+        if full.lower() == wanted:
+            return full
+    raise OllamaError(404, f"model {json.dumps(name)} not found, try pulling it first")
 
 
 def _failure(state: OllamaState) -> web.Response | None:
@@ -406,3 +410,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- the OpenAI-compatible routes (openai/openai.go): ids carry their tag, errors are OpenAI's
+
+
+def _openai_error(exc: OllamaError) -> web.Response:
+    kind = "invalid_request_error" if exc.status < 500 else "api_error"
+    return web.json_response({"error": {"message": exc.message, "type": kind, "param": None,
+                                        "code": None}}, status=exc.status)
+
+
+async def openai_models(request: web.Request) -> web.Response:
+    state = request.app[OLLAMA_STATE]
+    cards = [{"id": name, "object": "model", "created": 0, "owned_by": "library"}
+             for name in _all_models(state)]
+    return web.json_response({"object": "list", "data": cards})
+
+
+async def openai_embeddings(request: web.Request) -> web.Response:
+    state = request.app[OLLAMA_STATE]
+    try:
+        body = await _body(request)
+        await pause(request)
+        full = _resolve(state, body.get("model"))
+        if full not in state.models:
+            raise OllamaError(501, "This server does not support embeddings.")
+        raw = body.get("input")
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not texts or not all(
+                isinstance(t, str) for t in texts):
+            raise OllamaError(400, "invalid input type")
+        vectors, tokens = _embed_texts(state, full, texts, {})
+    except OllamaError as exc:
+        return _openai_error(exc)
+    base64_out = body.get("encoding_format") == "base64"
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
+             if base64_out else v} for i, v in enumerate(vectors)]
+    return web.json_response({"object": "list", "data": data, "model": body["model"],
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
