@@ -33,9 +33,14 @@ def notify(tmp_path: Path) -> Iterator[NotifyListener]:
     listener.close()
 
 
-async def health_status(session: aiohttp.ClientSession, gw: GatewayProcess) -> int:
-    async with session.get(f"{gw.url}/health") as response:
-        return response.status
+async def until_health_is(session: aiohttp.ClientSession, gw: GatewayProcess,
+                          status: int) -> None:
+    for _ in range(100):
+        async with session.get(f"{gw.url}/health") as response:
+            if response.status == status:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"/health never answered {status}")
 
 
 @pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
@@ -51,19 +56,9 @@ async def test_a_full_log_target_breaks_nothing(tmp_path: Path, notify: NotifyLi
                 status, body = await embed(session, gw, MODEL, [f"text {n}"])
                 assert status == 200, body
             state.healthy = False  # the health checks must still run, and see it
-            for _ in range(100):
-                if await health_status(session, gw) == 503:
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("/health never noticed the upstream going down")
+            await until_health_is(session, gw, 503)
             state.healthy = True
-            for _ in range(100):
-                if await health_status(session, gw) == 200:
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("/health never noticed the upstream coming back")
+            await until_health_is(session, gw, 200)
             gw.signal(signal.SIGTERM)
             assert await gw.wait() == 0
     finally:
