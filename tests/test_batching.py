@@ -249,3 +249,17 @@ async def test_a_shutdown_that_runs_out_of_time_answers_queued_requests_503() ->
             status, body, headers = await asyncio.wait_for(queued, 2)
             assert status == 503 and headers["Retry-After"], body
             assert (await stuck)[0] == 200
+
+
+async def test_tei_never_gets_more_inputs_in_flight_than_its_permits() -> None:
+    """TEI refuses a request at once (429) when its max_concurrent_requests permits, one per
+    input, are used up; the gateway keeps within them, learnt from /info."""
+    app = create_tei_app(MODEL, dims=DIMS, max_concurrent_requests=8, max_client_batch_size=4)
+    app[FAKE_STATE].delay = 0.05
+    async with through_gateway(app, "tei", merge=None) as (url, _state, session):
+        await asyncio.sleep(0.6)  # /info has been read
+        texts = [[f"permit {c} {i}" for i in range(1 + c % 3)] for c in range(32)]
+        results = await asyncio.gather(*(embed(session, url, t) for t in texts))
+        for (status, body, _), mine in zip(results, texts, strict=True):
+            assert status == 200, body
+            assert_own_rows(body, mine)

@@ -124,11 +124,12 @@ async def test_tei_refuses_a_single_input_when_its_permits_are_used_up() -> None
         first = asyncio.ensure_future(http.post(f"{url}/embed", json={"inputs": "a"}))
         async with state.slots:
             await state.slots.wait_for(lambda: state.in_flight == 1)
-        second = await http.post(f"{url}/embed", json={"inputs": "b"})
-        assert (second.status, await second.json()) == (
-            429,
-            {"error": "Model is overloaded", "error_type": "Overloaded"},
-        )
+        for inputs in ("b", ["b", "c"]):  # a batch is refused at once too, as TEI does
+            second = await http.post(f"{url}/embed", json={"inputs": inputs})
+            assert (second.status, await second.json()) == (
+                429,
+                {"error": "Model is overloaded", "error_type": "Overloaded"},
+            )
         assert (await first).status == 200
 
 

@@ -311,7 +311,7 @@ async def _embed(
                 )
             count = state.max_input_length
         tokens += count
-    async with _Permits(state, len(items), wait=batch):
+    async with _Permits(state, len(items)):
         if state.delay > 0:
             await asyncio.sleep(state.delay)
     vectors = fake_vectors(state.model, items, state.dims)
@@ -323,23 +323,18 @@ async def _embed(
 
 
 class _Permits:
-    """TEI's concurrency permits, one per input: a single input is refused (429) when none is
-    free, a batch waits for them."""
+    """TEI's concurrency permits, one per input (``router/src/infer.rs``: ``try_acquire_many``):
+    a request that finds too few free is refused at once with 429, whatever its size."""
 
-    def __init__(self, state: TeiState, count: int, *, wait: bool) -> None:
+    def __init__(self, state: TeiState, count: int) -> None:
         self.state = state
-        self.count = min(count, state.max_concurrent_requests)
-        self.wait = wait
+        self.count = count
 
     async def __aenter__(self) -> None:
         state = self.state
         async with state.slots:
-            free = state.max_concurrent_requests - state.in_flight
-            if not self.wait and free < self.count:
+            if state.max_concurrent_requests - state.in_flight < self.count:
                 raise TeiError(429, "Model is overloaded")
-            await state.slots.wait_for(
-                lambda: state.max_concurrent_requests - state.in_flight >= self.count
-            )
             state.in_flight += self.count
             state.slots.notify_all()
 
