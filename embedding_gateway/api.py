@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import suppress
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, RequestTimeout
 from .schemas import parse_embedding_request, response_body, response_chunks
 from .state import AUTHORIZED, GATEWAY, LOG_FIELDS
 
@@ -26,8 +27,14 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     fields = request[LOG_FIELDS]
     # The body is read as JSON whatever Content-Type says: `curl -d` sends a form type.
-    body = await request.read()
-    parsed = parse_embedding_request(body, max_inputs=gateway.config.server.limits.max_inputs)
+    limits = gateway.config.server.limits
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within body_timeout "
+                             f"({limits.body_timeout:g} s)") from None
+    parsed = parse_embedding_request(body, max_inputs=limits.max_inputs)
     router = gateway.routes()
     route = router.resolve(parsed.model)
     fields.update(model=parsed.model, backend=route.backend, inputs=len(parsed.inputs))

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import GatewayConfig, load_config
+from .connections import ConnectionGuard, GuardedSite
 from .errors import ConfigError
 from .state import GATEWAY, Gateway
 from .systemd import Notifier
@@ -122,10 +123,15 @@ async def serve(path: str, config: GatewayConfig) -> int:
     gateway = app[GATEWAY]
     # handler_cancellation: a client that hangs up withdraws its request (its inputs leave
     # the batches not yet sent) instead of being served to nobody
+    limits = config.server.limits
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=CLOSE_TIMEOUT, handler_cancellation=True)
+                           shutdown_timeout=CLOSE_TIMEOUT, handler_cancellation=True,
+                           keepalive_timeout=limits.keepalive_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+    guard = ConnectionGuard(max_connections=limits.max_connections,
+                            header_timeout=limits.header_timeout)
+    gateway.connections = guard
+    site = GuardedSite(runner, config.server.host, config.server.port, guard=guard)
     try:
         await site.start()
     except OSError as exc:

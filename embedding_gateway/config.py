@@ -70,6 +70,10 @@ def _non_empty(backends: Mapping[str, Any]) -> None:
 class Limits:
     max_body_bytes: int = field(default=16 * 1024 * 1024, validator=_bounds(gt=0))
     max_inputs: int = field(default=4096, validator=_bounds(gt=0))
+    max_connections: int = field(default=1024, validator=_bounds(gt=0))  # open at once
+    header_timeout: float = field(default=10, validator=_bounds(gt=0))  # s for a request's headers
+    body_timeout: float = field(default=60, validator=_bounds(gt=0))  # s for its body
+    keepalive_timeout: float = field(default=15, validator=_bounds(gt=0))  # idle between requests
 
 
 @frozen(kw_only=True)

@@ -10,6 +10,7 @@ them; only the error middleware renders them (``envelope``).
     ├── AuthenticationFailed  401 authentication_error
     ├── CrossOriginRefused    403 (a browser request from another site's page)
     ├── ModelNotFound         404 model_not_found
+    ├── RequestTimeout        408 (a body that did not arrive in time)
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415 (a browser's form or text body)
     ├── ExpectationFailed     417 (an Expect header other than 100-continue)
@@ -104,6 +105,12 @@ class MethodNotAllowed(GatewayError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLarge(GatewayError):

@@ -24,6 +24,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -76,6 +77,8 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = (incoming if incoming is not None and _REQUEST_ID.match(incoming)
                   else os.urandom(16).hex())
     gateway = request.app[GATEWAY]
+    if gateway.connections is not None:
+        gateway.connections.request_arrived(request.transport)
     request[REQUEST_ID] = request_id
     fields: dict[str, object] = {}
     request[LOG_FIELDS] = fields
@@ -91,6 +94,8 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     except GatewayError as exc:
         response = render_error(exc)
         fields["error"] = exc.message
+        if isinstance(exc, RequestTimeout):
+            response.force_close()  # the rest of its body will not be read
     except web.RequestPayloadError as exc:  # a body that cannot be read (bad gzip, cut off)
         error = InvalidRequest(f"the request body could not be read: {exc}")
         response = render_error(error)
@@ -117,6 +122,8 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         await response.write_eof()
     except ConnectionError:
         fields.setdefault("error", "the client went away before the answer was written")
+    if gateway.connections is not None and request.transport is not None:
+        gateway.connections.waiting_for_request(request.transport)  # its next request
     elapsed = time.perf_counter() - started
     if "model" in fields:
         gateway.metrics.observe_request(

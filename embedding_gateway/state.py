@@ -19,6 +19,7 @@ from aiohttp import web
 from .backends import create_backend
 from .batching import Batcher
 from .config import BackendConfig, GatewayConfig, ManagedConfig
+from .connections import ConnectionGuard
 from .http_client import HttpClient
 from .instances import DeviceLedger
 from .metrics import Metrics
@@ -70,6 +71,7 @@ class Gateway:
     batchers: dict[str, Batcher] = field(default_factory=dict)
     router: Router | None = None
     draining: bool = False
+    connections: ConnectionGuard | None = None  # set by the server that guards them (cli)
 
     def __post_init__(self) -> None:
         self.ledger = DeviceLedger(self.config.gpus)
