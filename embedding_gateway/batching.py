@@ -73,6 +73,8 @@ class Call:
     inputs: list[Any]
     parts: list[Part]
     full: bool
+    address: Address | None = None  # where it counts against the limits, once sent
+    released: bool = False
 
 
 @dataclass(eq=False)
@@ -271,13 +273,16 @@ class Batcher:
                     backend=self.name, seconds=time.monotonic() - ticket.enqueued)
         address.calls += 1
         address.inputs += len(call.inputs)
+        call.address = address
         task = asyncio.create_task(self._run(lane, call, address.calls))
         self._calls[task] = call
         task.add_done_callback(self._forget)
         return True
 
     def _forget(self, task: asyncio.Task[None]) -> None:
-        del self._calls[task]
+        call = self._calls.pop(task)
+        if call.address is not None:
+            self._release(call.address, call)
 
     def _plan(self, lane: Lane, budget: int) -> Call | None:
         """The next call from the lane's queue, without taking anything yet."""
@@ -323,29 +328,16 @@ class Batcher:
         return Call(sent, parts, full or len(sent) >= budget)
 
     async def _run(self, lane: Lane, call: Call, in_flight: int) -> None:
-        address = lane.address
         started = time.monotonic()
         self.metrics.observe_upstream_call(
             backend=self.name, inputs=len(call.inputs), requests=len(call.parts),
             deduplicated=sum(p.stop - p.start for p in call.parts) - len(call.inputs),
         )
-        released = False
-
-        def release() -> None:
-            """Free the call's place and send what waited for it, before anything else:
-            the upstream's next batch should not wait for this call's bookkeeping."""
-            nonlocal released
-            released = True
-            address.calls -= 1
-            address.inputs -= len(call.inputs)
-            for part in call.parts:
-                part.ticket.calls -= 1
-            self._pump(address)
-
         try:
             result = await self._call(lane, call.inputs)
-            address.limit.observe(time.monotonic() - started, in_flight, len(call.inputs))
-            release()
+            lane.address.limit.observe(time.monotonic() - started, in_flight,
+                                       len(call.inputs))
+            self._release(lane.address, call)  # the next call goes before its answers
             self._deliver(lane, call.parts, result)
         except asyncio.CancelledError:
             self._fail(lane, call.parts, Unavailable(
@@ -356,9 +348,19 @@ class Batcher:
             if exc.upstream_kind is not None:
                 self.metrics.upstream_error(backend=self.name, kind=exc.upstream_kind)
             await self._recover(lane, call, exc)
-        finally:
-            if not released:
-                release()
+
+    def _release(self, address: Address, call: Call) -> None:
+        """Free the call's place and send what waited for it, before anything else: the
+        upstream's next batch should not wait for this call's bookkeeping. Once per call,
+        also for a call task cancelled before it ever ran (its ``finally`` never runs)."""
+        if call.released:
+            return
+        call.released = True
+        address.calls -= 1
+        address.inputs -= len(call.inputs)
+        for part in call.parts:
+            part.ticket.calls -= 1
+        self._pump(address)
 
     async def _call(self, lane: Lane, inputs: list[Any]) -> Embeddings:
         return await self.backend.embed(lane.base_url, lane.model, lane.options, inputs)

@@ -7,6 +7,8 @@ configured model and backend names only, never raw client input, to keep cardina
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -33,6 +35,13 @@ SWAP_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 CALL_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 _PREFIX = "embedding_gateway"
+
+
+def _loop_tasks() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped from outside a running loop
+        return 0.0
 
 
 class Metrics:
@@ -160,6 +169,12 @@ class Metrics:
             ["backend"],
             registry=reg,
         )
+        self._tasks = Gauge(
+            f"{_PREFIX}_event_loop_tasks",
+            "Tasks alive on the gateway's event loop (a leak shows as growth).",
+            registry=reg,
+        )
+        self._tasks.set_function(_loop_tasks)
         self._batch_gauges: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
         # labelled children per (model, backend, status), looked up once: on every request's path
         self._request_children: dict[

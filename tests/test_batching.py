@@ -9,6 +9,7 @@ the queue is bounded in inputs and in time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from embedding_gateway.batching import Ticket
 from embedding_gateway.state import GATEWAY
 from tests.conftest import run_gateway, serve_app
 from tests.fakes import FAKE_STATE, FakeState, serve_fake
@@ -263,3 +265,58 @@ async def test_tei_never_gets_more_inputs_in_flight_than_its_permits() -> None:
         for (status, body, _), mine in zip(results, texts, strict=True):
             assert status == 200, body
             assert_own_rows(body, mine)
+
+
+async def test_clients_hanging_up_at_any_moment_leave_nothing_behind() -> None:
+    """Whenever a client hangs up (queued, in a call being formed, in flight), its place in
+    the limits is given back: afterwards nothing is counted in flight or queued, and the
+    next request goes straight through."""
+    app = create_vllm_app(MODEL, dims=DIMS, error_shape="nested")
+    app[FAKE_STATE].delay = 0.01
+    backend = {"kind": "vllm", "merge": "wait", "models": {MODEL: {}}}
+    rng = np.random.default_rng(7)
+    config = {"backends": {"b": {**backend}}}
+    async with serve_fake(app) as upstream, aiohttp.ClientSession() as session:
+        config["backends"]["b"]["base_url"] = upstream
+        async with serve_app(config) as (url, gateway_app):
+            async def client(n: int) -> None:
+                for i in range(12):
+                    task = asyncio.ensure_future(embed(session, url, [f"{n} {i}"]))
+                    if rng.random() < 0.4:
+                        await asyncio.sleep(float(rng.uniform(0, 0.02)))
+                        task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+            await asyncio.gather(*(client(n) for n in range(24)))
+            await asyncio.sleep(0.2)
+            batcher = gateway_app[GATEWAY].batchers["b"]
+            assert batcher.queued_inputs == 0
+            assert [a.calls for a in batcher.addresses.values()] == [0]
+            status, body, _ = await asyncio.wait_for(embed(session, url, ["after"]), 2)
+            assert status == 200, body
+
+
+async def test_a_call_cancelled_before_it_ever_ran_gives_its_place_back() -> None:
+    """The narrowest case of the one above, made to happen: a client's hang-up is handled
+    in the same turn of the loop in which its call was formed, before the call's task runs
+    (a soak run found it: the place stayed taken and every later request waited 30 s)."""
+    app = create_vllm_app(MODEL, dims=DIMS, error_shape="nested")
+    async with serve_fake(app) as upstream:
+        config = {"backends": {"b": {"kind": "vllm", "merge": "wait", "base_url": upstream,
+                                     "models": {MODEL: {}}}}}
+        async with serve_app(config) as (_url, gateway_app):
+            batcher = gateway_app[GATEWAY].batchers["b"]
+            options = gateway_app[GATEWAY].config.backends["b"].models[MODEL]
+            lane = batcher._lane(upstream, MODEL, options)
+            loop = asyncio.get_running_loop()
+            ticket = Ticket(["gone"], [4], loop.create_future(), loop.time())
+            lane.queue.append(ticket)
+            batcher.queued_inputs += 1
+            batcher._pump(lane.address)  # the call is formed, its task not yet run
+            assert lane.address.calls == 1
+            batcher._withdraw(lane, ticket, None)  # the client hangs up: the call is cancelled
+            await asyncio.sleep(0.05)
+            assert lane.address.calls == 0 and lane.address.inputs == 0
+            result = await asyncio.wait_for(batcher.embed(upstream, MODEL, options, ["next"]), 2)
+            assert result.vectors.shape == (1, DIMS)
