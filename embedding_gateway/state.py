@@ -13,6 +13,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+import attrs
 import structlog
 from aiohttp import web
 
@@ -40,6 +41,19 @@ def default_runtime(managed: ManagedConfig) -> Runtime:
     from .runtimes.process import ProcessRuntime
 
     return ProcessRuntime(managed)
+
+
+def only_soft_changes(old: BackendConfig, new: BackendConfig) -> bool:
+    """Do two configs of a backend differ only in what can change under a running instance:
+    model aliases, and the managed timeouts and queue bounds? (How an instance is launched,
+    which models it serves and how requests reach it restart nothing here only when equal.)"""
+    def hard(config: BackendConfig) -> BackendConfig:
+        models = {n: attrs.evolve(m, aliases=[]) for n, m in config.models.items()}
+        managed = config.managed and attrs.evolve(
+            config.managed, idle_timeout=0, max_wait=0, queue_timeout=1, max_queue=1,
+            min_loaded=0)
+        return attrs.evolve(config, models=models, managed=managed)
+    return hard(old) == hard(new)
 
 
 class RequestCounter:
@@ -138,6 +152,15 @@ class Gateway:
                         reason="server.host and server.port apply at the next restart")
         kept = {name: upstream for name, upstream in old.items()
                 if new.backends.get(name) == old_config.backends[name]}
+        for name, upstream in old.items():  # aliases or timeouts: no restart for those
+            backend = new.backends.get(name)
+            if (name not in kept and backend is not None
+                    and only_soft_changes(old_config.backends[name], backend)):
+                upstream.backend.config = backend
+                if isinstance(upstream, Supervisor):
+                    upstream.reconfigure(backend)
+                self.batchers[name].config = backend
+                kept[name] = upstream
         retiring = {name: upstream for name, upstream in old.items() if name not in kept}
         self.config = new
         self.ledger.gpus = new.gpus

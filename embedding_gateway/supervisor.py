@@ -20,7 +20,7 @@ import structlog
 
 from . import policy
 from .backends.base import Backend, served_name, upstream_name
-from .config import ModelConfig
+from .config import BackendConfig, ModelConfig
 from .errors import (
     GatewayError,
     QueueFull,
@@ -75,6 +75,13 @@ class Supervisor(Upstream):
         self._loop_task: asyncio.Task[None] | None = None
         self._preloads: list[asyncio.Task[None]] = []
         self.slots = Slots(backend.config.base_url, self.cfg)
+
+    def reconfigure(self, config: BackendConfig) -> None:
+        """Take a config that differs only in aliases, timeouts and queue bounds (see
+        ``state.only_soft_changes``): the running instances stay as they are."""
+        assert config.managed is not None
+        self.cfg = config.managed
+        self._wake.set()
 
     # -- what handlers call ------------------------------------------------------------
 

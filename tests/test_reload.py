@@ -245,3 +245,32 @@ async def test_a_start_cancelled_by_close_still_stops_what_it_started() -> None:
         assert runtime.stops == ["m-a"]
     finally:
         await runtime.shutdown()
+
+
+async def test_a_new_alias_or_idle_timeout_keeps_the_running_instance() -> None:
+    """For TEI or vLLM a restart is a model load of minutes: a reload that changes only
+    aliases, timeouts or queue bounds keeps the instance, and what changed applies."""
+    runtime = FakeRuntime()
+    config = one_managed_backend()
+    try:
+        async with managed_beside_a_vllm(runtime, config) as (_vllm, url, app, session):
+            gateway = app[GATEWAY]
+            supervisor = gateway.upstreams["m"]
+            config["backends"]["m"]["models"]["m-a"]["aliases"] = ["first-a"]
+            config["backends"]["m"]["managed"]["idle_timeout"] = 0.3
+            await gateway.reload(parse_config(config, env={}))
+            assert gateway.upstreams["m"] is supervisor
+            assert which_model(await embed(session, url, "first-a", "via alias"), "via alias",
+                               ["m-a"], DIMS) == "m-a"
+            assert runtime.starts == ["m-a"]
+            await until(lambda: _idle(supervisor), "the new idle_timeout unloads m-a")
+
+            config["backends"]["m"]["managed"]["command"] = ["changed"]  # how it is launched
+            await gateway.reload(parse_config(config, env={}))
+            assert gateway.upstreams["m"] is not supervisor
+    finally:
+        await runtime.shutdown()
+
+
+async def _idle(supervisor: Any) -> bool:
+    return supervisor.model_state("m-a").state == "idle"
