@@ -189,16 +189,6 @@ class Batcher:
         await self._recover(lane, Call(list(inputs), [part], full=True), too_big)
         return await ticket.future
 
-    def in_flight(self) -> dict[str, Any]:
-        """What ``/health`` shows of the batcher."""
-        return {
-            "queued_inputs": self.queued_inputs,
-            "addresses": {
-                url: {"calls": a.calls, "inputs": a.inputs, "limit": a.limit.limit}
-                for url, a in self.addresses.items()
-            },
-        }
-
     def refuse_waiting(self, reason: str) -> None:
         """Answer every request whose inputs still wait for a call with a retryable 503
         (a shutdown that ran out of time): better than a connection cut off."""
