@@ -308,10 +308,13 @@ class Backend(ABC):
         error.upstream_kind = "status_4xx" if status < 500 else "status_5xx"
         raise error
 
+    def error_text(self, body: Any, raw: bytes) -> str:
+        """The upstream's error text: from its JSON shape, else the start of the raw body."""
+        return self.error_message(body) or raw[:200].decode("utf-8", "replace").strip()
+
     def translate_error(self, status: int, body: Any, raw: bytes) -> GatewayError:
         where = f"upstream {self.name!r}"
-        text = self.error_message(body) or raw[:200].decode("utf-8", "replace").strip()
-        text = text or f"HTTP {status}"
+        text = self.error_text(body, raw) or f"HTTP {status}"
         if status == 429:
             return QueueFull(f"{where} is overloaded: {text}", retry_after=1, code="upstream_busy")
         if status == 503:

@@ -52,7 +52,7 @@ class OllamaBackend(Backend):
         self._is_embedding: dict[str, bool] = {}  # tag -> has the "embedding" capability
 
     def translate_error(self, status: int, body: Any, raw: bytes) -> GatewayError:
-        message = self.error_message(body) or raw[:200].decode("utf-8", "replace").strip()
+        message = self.error_text(body, raw)
         if status == 400 and not any(fault in message.lower() for fault in CLIENT_FAULTS):
             return UpstreamFailed(f"upstream {self.name!r} failed to embed: {message}")
         return super().translate_error(status, body, raw)
