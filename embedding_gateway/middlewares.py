@@ -108,10 +108,8 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         fields["error"] = error.message
     except asyncio.CancelledError:
         # the client hung up (aiohttp cancels the handler): what it asked for is withdrawn
-        elapsed = time.perf_counter() - started
-        log.info("request", request_id=request_id, method=request.method, path=request.path,
-                 status=CLIENT_GONE, ms=round(elapsed * 1000, 2),
-                 **{**fields, "error": "the client went away before the answer was ready"})
+        fields["error"] = "the client went away before the answer was ready"
+        log_request(request, request_id, CLIENT_GONE, time.perf_counter() - started, fields)
         raise
     except Exception:
         log.exception("unhandled_error", request_id=request_id, path=request.path)
@@ -134,16 +132,15 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
             inputs=int(fields.get("inputs", 0)),  # type: ignore[call-overload]
             tokens=int(fields.get("tokens", 0)),  # type: ignore[call-overload]
         )
-    log.info(
-        "request",
-        request_id=request_id,
-        method=request.method,
-        path=request.path,
-        status=response.status,
-        ms=round(elapsed * 1000, 2),
-        **fields,
-    )
+    log_request(request, request_id, response.status, elapsed, fields)
     return response
+
+
+def log_request(request: web.Request, request_id: str, status: int, elapsed: float,
+                fields: dict[str, object]) -> None:
+    """The one canonical line per request."""
+    log.info("request", request_id=request_id, method=request.method, path=request.path,
+             status=status, ms=round(elapsed * 1000, 2), **fields)
 
 
 def has_key(request: web.Request, gateway: Gateway) -> bool:
