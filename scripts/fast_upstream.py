@@ -10,7 +10,9 @@ in for a real upstream or for the gateway itself.
 
 With ``--accelerator batching|serial`` it simulates a GPU server instead (see
 ``simulated_accelerator.py``): each input gets the vector of its own text
-(``text_vector``), and every answer waits for the simulated device.
+(``text_vector``), and every answer waits for the simulated device. ``--accelerator gpu`` pays
+for each batch with a bge-m3-shaped encoder's forward pass on CUDA (``gpu_accelerator.py``;
+needs torch and a GPU).
 
     python scripts/fast_upstream.py --accelerator batching --fixed-ms 40 --per-input-ms 0.4
 """
@@ -182,7 +184,7 @@ class FastUpstream:
         """Each input's own vector, answered once the simulated device has run its batch."""
         assert self.accelerator is not None
         items = [raw] if isinstance(raw, str) or isinstance(raw[0], int) else raw
-        await self.accelerator.run(len(items))
+        await self.accelerator.run(items)
         vectors = text_vectors(items, self.dims)[:, :dims]
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         if encoding == "base64":
@@ -223,9 +225,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--accelerator",
-        choices=("batching", "serial"),
+        choices=("batching", "serial", "gpu", "gpu-serial"),
         default=None,
-        help="simulate a GPU server: batching (TEI-like) or one request at a time (Ollama-like)",
+        help="simulate a GPU server: batching (TEI-like) or one request at a time (Ollama-like);"
+        " gpu, gpu-serial: the same, each batch paid for by a real forward pass on CUDA",
+    )
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=16384, help="gpu: padded tokens per batch"
     )
     parser.add_argument("--fixed-ms", type=float, default=40.0, help="simulated cost per batch")
     parser.add_argument(
@@ -244,8 +250,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     models = [m.strip() for m in (args.model or f"fast-{args.dims}").split(",") if m.strip()]
-    accelerator = None
-    if args.accelerator:
+    accelerator: Accelerator | None = None
+    if args.accelerator in ("gpu", "gpu-serial"):
+        from gpu_accelerator import GPUAccelerator
+
+        mode = "serial" if args.accelerator == "gpu-serial" else "batching"
+        accelerator = GPUAccelerator(mode, max_batch_tokens=args.max_batch_tokens)
+        accelerator.warm_up()
+    elif args.accelerator:
         accelerator = Accelerator(args.accelerator, fixed_ms=args.fixed_ms,
                                   per_input_ms=args.per_input_ms, max_batch=args.max_batch)
     upstream = FastUpstream(
@@ -269,8 +281,7 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         await runner.cleanup()
         if accelerator is not None:
-            print(f"accelerator: {accelerator.batches} batches, {accelerator.inputs} inputs",
-                  flush=True)
+            print(f"accelerator: {accelerator.summary()}", flush=True)
             await accelerator.close()
 
 

@@ -57,12 +57,16 @@ def text_vectors(items: list[Any], dims: int) -> np.ndarray:
 
 @dataclass
 class _Job:
-    inputs: int
+    items: list[Any]
     done: asyncio.Future[None]
+
+    @property
+    def inputs(self) -> int:
+        return len(self.items)
 
 
 class Accelerator:
-    """One device: ``await run(n)`` returns when a batch holding these ``n`` inputs is done."""
+    """One device: ``await run(items)`` returns when a batch holding these inputs is done."""
 
     def __init__(
         self, mode: Mode, *, fixed_ms: float, per_input_ms: float, max_batch: int | None = None
@@ -80,10 +84,10 @@ class Accelerator:
     def cost(self, inputs: int) -> float:
         return self.fixed + self.per_input * inputs
 
-    async def run(self, inputs: int) -> None:
+    async def run(self, items: list[Any]) -> None:
         if self._worker is None:
             self._worker = asyncio.create_task(self._work())
-        job = _Job(inputs, asyncio.get_running_loop().create_future())
+        job = _Job(items, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._wake.set()
         await asyncio.shield(job.done)  # a client that leaves does not stop the device
@@ -107,13 +111,20 @@ class Accelerator:
                 self._wake.clear()
                 await self._wake.wait()
             batch = self._next_batch()
-            inputs = sum(job.inputs for job in batch)
-            await asyncio.sleep(self.cost(inputs))
+            items = [item for job in batch for item in job.items]
+            await self.compute(items)
             self.batches += 1
-            self.inputs += inputs
+            self.inputs += len(items)
             for job in batch:
                 if not job.done.done():
                     job.done.set_result(None)
+
+    def summary(self) -> str:
+        return f"{self.batches} batches, {self.inputs} inputs"
+
+    async def compute(self, items: list[Any]) -> None:
+        """Run one batch: here, wait as long as the device would."""
+        await asyncio.sleep(self.cost(len(items)))
 
     async def close(self) -> None:
         if self._worker is not None:

@@ -2,6 +2,8 @@
 # The throughput reference runs of docs/benchmarks.md: the gateway against the simulated
 # accelerator (fast_upstream.py --accelerator, 40 ms + 0.4 ms per input), batching and serial,
 # every row of every answer checked (--verify). Loopback only; about six minutes.
+# ACCELERATOR=gpu runs the same cells against a real forward pass on CUDA instead
+# (fast_upstream.py --accelerator gpu|gpu-serial; needs torch and a GPU).
 #
 #   bash scripts/throughput_runs.sh [OUT_DIR]      (default: ./throughput-runs)
 set -euo pipefail
@@ -15,7 +17,7 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 wait_for() {
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 1200); do
         curl -sf "$1" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
@@ -56,6 +58,12 @@ EOF
     pids=()
 }
 
-run batching-vllm batching vllm "1:1,64:1,32:32,128:32"
-run batching-openai batching openai "1:1,64:1,32:32"
-run serial-openai serial openai "1:1,64:1,32:32"
+if [ "${ACCELERATOR:-simulated}" = gpu ]; then
+    run gpu-vllm gpu vllm "1:1,64:1,32:32,128:32"
+    run gpu-openai gpu openai "64:1,32:32"
+    run gpu-serial-openai gpu-serial openai "64:1,32:32"
+else
+    run batching-vllm batching vllm "1:1,64:1,32:32,128:32"
+    run batching-openai batching openai "1:1,64:1,32:32"
+    run serial-openai serial openai "1:1,64:1,32:32"
+fi
