@@ -121,6 +121,7 @@ class Gateway:
             metrics=self.metrics,
             probe_timeout=server.health_timeout,
             ledger=self.ledger,
+            check_interval=server.health_interval,
         )
 
     async def start(self, client: HttpClient) -> None:

@@ -53,6 +53,7 @@ class Supervisor(Upstream):
         metrics: Metrics,
         probe_timeout: float,
         ledger: DeviceLedger | None = None,
+        check_interval: float = 10.0,
     ) -> None:
         super().__init__(backend)
         assert backend.config.managed is not None
@@ -61,6 +62,7 @@ class Supervisor(Upstream):
         self.metrics = metrics
         self._stops: set[asyncio.Task[None]] = set()
         self.probe_timeout = probe_timeout
+        self.check_interval = check_interval
         self.ledger = ledger or DeviceLedger({})
         self.ledger.supervisors.append(self)
         self.instances: dict[str, Instance] = {}
@@ -69,7 +71,7 @@ class Supervisor(Upstream):
         # model -> (starts failed in a row, monotonic time before which none is tried)
         self._start_failures: dict[str, tuple[int, float]] = {}
         self._swaps: dict[str, tuple[float, list[str]]] = {}  # model -> (began, models it replaces)
-        self.runtime_error: str | None = None
+        self.runtime_error: str | None = None  # why no instance can be started now
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -468,12 +470,29 @@ class Supervisor(Upstream):
             for instance in list(self.instances.values()):
                 await self._died(instance)
 
+    async def _check_startable(self) -> None:
+        """Ask the runtime whether an instance could start (engine, image, command)."""
+        reason = await self.runtime.preflight(self.cfg)
+        if reason != self.runtime_error:
+            if reason is None:
+                log.info("runtime_startable", backend=self.name)
+            else:
+                log.error("runtime_not_startable", backend=self.name, reason=reason)
+        self.runtime_error = reason
+
+    async def _watch_startable(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval)
+            await self._check_startable()
+
     async def start(self) -> None:
         if self.closed:  # closed before it was started (a stop during a reload)
             return
+        await self._check_startable()
         await self._adopt()
         self._loop_task = asyncio.create_task(self._loop(), name=f"supervisor-{self.name}")
         self._spawn(self._check_dead())
+        self._spawn(self._watch_startable())
         for model, opts in self.backend.config.models.items():
             if opts.preload or opts.pinned:
                 self._preloads.append(asyncio.create_task(self._preload(model)))
@@ -597,13 +616,16 @@ class Supervisor(Upstream):
                           f"{left:.0f} s)")
             return ModelState(state="failed", healthy=False, reason=reason, since=error[0],
                               last_error=error[1])
-        healthy = self.runtime_error is None
-        return ModelState(state="idle", healthy=healthy, reason=self.runtime_error)
+        reason = self.not_startable()
+        return ModelState(state="idle", healthy=reason is None, reason=reason)
+
+    def not_startable(self) -> str | None:
+        return None if self.runtime_error is None else f"not startable: {self.runtime_error}"
 
     def health(self) -> dict[str, Any]:
         models = {m: self.model_state(m).as_dict() for m in self.backend.config.models}
         failed = [m for m, s in models.items() if s["state"] == "failed"]
-        reason = self.runtime_error or (
+        reason = self.not_startable() or (
             "; ".join(f"{m}: {models[m]['reason']}" for m in failed) if failed else None
         )
         counts: dict[str, int] = defaultdict(int)
@@ -614,6 +636,7 @@ class Supervisor(Upstream):
             "managed": True,
             "runtime": self.cfg.runtime,
             "healthy": reason is None,
+            "startable": self.runtime_error is None,
             "reason": reason,
             "queued": dict(counts),
             "instances": [

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from embedding_gateway.config import ManagedConfig
 from embedding_gateway.errors import RuntimeStartError
 from embedding_gateway.runtimes.base import FoundInstance, InstanceHandle, InstanceSpec
 from tests.fakes.tei import TEI_STATE, create_tei_app
@@ -142,6 +143,9 @@ class FakeRuntime:
             self.stops.append(model)
             await asyncio.sleep(self.stop_delay.get(model, 0))
         await self._drop(handle.ref)
+
+    async def preflight(self, managed: ManagedConfig) -> str | None:
+        return None
 
     def fingerprint(self, spec: InstanceSpec) -> str | None:
         """What ``find_existing`` reports as the spec an instance was started with:

@@ -51,6 +51,12 @@ class Runtime(Protocol):
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
         """Start the instance; raise ``RuntimeStartError`` with a clear cause on failure."""
 
+    async def preflight(self, managed: ManagedConfig) -> str | None:
+        """Why no instance could be started now (an unreachable Docker engine, an image that
+        is not present with ``pull: false``, a command not on PATH), or ``None``. Cheap: the
+        supervisor asks at start and every health interval, so ``/health`` says it before any
+        request tries a start."""
+
     async def stop(self, handle: InstanceHandle, grace: float) -> None:
         """Stop and remove it: graceful first, forced after ``grace`` seconds; idempotent."""
 

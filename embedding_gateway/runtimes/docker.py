@@ -199,6 +199,20 @@ class DockerRuntime:
                  docker_host=self._where)
         return InstanceHandle(spec=spec, ref=container.id, labels=labels)
 
+    async def preflight(self, managed: ManagedConfig) -> str | None:
+        try:
+            client = await self._docker()
+            if managed.pull or not managed.image:
+                return None
+            await self._call(client.images.get, managed.image)
+        except RuntimeStartError as exc:
+            return str(exc)
+        except ImageNotFound:
+            return self._image_missing(managed.image or "")
+        except DockerException as exc:
+            return f"the Docker engine at {self._where} refused a check: {_explain(exc)}"
+        return None
+
     @contextlib.contextmanager
     def _api_errors(self, what: str) -> Iterator[None]:
         try:
@@ -209,15 +223,17 @@ class DockerRuntime:
     def _port_taken(self, port: int) -> str:
         return f"host port {port} is already in use on {self._where}; choose another port"
 
+    def _image_missing(self, image: str) -> str:
+        return (f"image {image} is not present on the Docker host ({self._where}); "
+                "pull it or set pull: true")
+
     async def _ensure_image(self, client: docker.DockerClient, image: str, pull: bool) -> None:
         try:
             await self._call(client.images.get, image)
             return
         except ImageNotFound:
             if not pull:
-                raise RuntimeStartError(
-                    f"image {image} is not present on the Docker host ({self._where}); "
-                    "pull it or set pull: true") from None
+                raise RuntimeStartError(self._image_missing(image)) from None
         log.info("image_pull", image=image, docker_host=self._where)
         try:
             await self._call(client.images.pull, image)

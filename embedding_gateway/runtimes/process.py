@@ -64,6 +64,13 @@ def fill(template: str, spec: InstanceSpec) -> str:
     return template.replace("{model}", spec.model_arg).replace("{port}", str(spec.host_port))
 
 
+def command_missing(program: str, env: dict[str, str]) -> str | None:
+    """Why ``program`` cannot be run with ``env``'s PATH, or ``None``."""
+    if shutil.which(program, path=env.get("PATH")) is None:
+        return f"command {program!r} not found or not executable"
+    return None
+
+
 def _group_exists(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -127,8 +134,9 @@ class ProcessRuntime:
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
         command = [fill(part, spec) for part in spec.managed.command]
         env = child_environ({name: fill(value, spec) for name, value in spec.managed.env.items()})
-        if shutil.which(command[0], path=env.get("PATH")) is None:  # setpriv would just exit
-            raise RuntimeStartError(f"command {command[0]!r} not found or not executable")
+        missing = command_missing(command[0], env)
+        if missing is not None:  # setpriv would just exit
+            raise RuntimeStartError(missing)
         try:
             process = await asyncio.create_subprocess_exec(
                 *await asyncio.to_thread(die_with_parent), *command,
@@ -152,6 +160,12 @@ class ProcessRuntime:
         self._running[ref] = running
         log.info("process_started", pid=process.pid, command=command[0], port=spec.host_port)
         return InstanceHandle(spec=spec, ref=ref)
+
+    async def preflight(self, managed: ManagedConfig) -> str | None:
+        program = managed.command[0]
+        if "{" in program:  # filled per instance; start() checks it then
+            return None
+        return command_missing(program, child_environ(managed.env))
 
     async def stop(self, handle: InstanceHandle, grace: float) -> None:
         await self._stop(handle.ref, grace)
