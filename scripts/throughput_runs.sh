@@ -16,9 +16,13 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
+fetch() {
+    python -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"
+}
+
 wait_for() {
     for _ in $(seq 1 1200); do
-        curl -sf "$1" >/dev/null 2>&1 && return 0
+        fetch "$1" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     echo "no answer from $1" >&2
@@ -52,7 +56,7 @@ EOF
             --duration "$duration" --slice "$slice" --gateway-pid "$gateway" \
             --json "$out/$name.c${cell%:*}b${cell#*:}.json" | grep -E '^c=' | sed "s/^/$name /"
     done
-    curl -s "http://127.0.0.1:$gw_port/metrics" | grep -E '^embedding_gateway_(upstream_calls_total|upstream_call_(inputs|requests)_(sum|count)|upstream_concurrency_limit|batch_wait_seconds_(sum|count))' >"$out/$name.metrics.txt"
+    fetch "http://127.0.0.1:$gw_port/metrics" | grep -E '^embedding_gateway_(upstream_calls_total|upstream_call_(inputs|requests)_(sum|count)|upstream_concurrency_limit|batch_wait_seconds_(sum|count))' >"$out/$name.metrics.txt"
     kill "${pids[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
     pids=()
