@@ -25,6 +25,7 @@ import itertools
 import os
 import platform
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -75,6 +76,8 @@ class Recorder:
     inputs: int = 0
     elapsed: float = 0.0
     rows_checked: int = 0
+    in_flight_at_deadline: int = 0  # requests still unanswered when the time was up
+    cut_off: int = 0  # of those, the ones still unanswered after the grace period
 
     def add(self, outcome: Outcome, inputs: int) -> None:
         if outcome.ok:
@@ -98,6 +101,8 @@ class Recorder:
             "latency_ms": latency_stats(self.latencies),
             "errors": dict(self.errors),
             "rows_checked": self.rows_checked,
+            "in_flight_at_deadline": self.in_flight_at_deadline,
+            "cut_off": self.cut_off,
             "error_samples": self.error_samples,
         }
 
@@ -226,9 +231,12 @@ async def closed_loop(
     seconds: float,
     recorder: Recorder,
     *,
+    grace: float,
     verify: bool = False,
 ) -> bytes | None:
-    """``concurrency`` workers send back to back until ``seconds`` pass; in-flight ones finish.
+    """``concurrency`` workers send back to back until ``seconds`` pass. Requests in flight
+    then get ``grace`` seconds more to finish (and are measured); those still unanswered are
+    cancelled and counted as ``cut_off``, so a cell never runs longer than both together.
     With ``verify``, every row of every answer is checked (``wrong_rows``).
 
     Returns the body of one successful response, for a shape check.
@@ -250,8 +258,21 @@ async def closed_loop(
                 sample.append(outcome.body)
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    recorder.elapsed += time.perf_counter() - start
+    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    try:
+        _, late = await asyncio.wait(workers, timeout=max(0.0, deadline - time.perf_counter()))
+        recorder.in_flight_at_deadline += len(late)
+        if late:
+            _, late = await asyncio.wait(late, timeout=grace)
+        recorder.cut_off += len(late)
+    finally:  # cut off, or the whole run interrupted
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        recorder.elapsed += time.perf_counter() - start
+    for task in workers:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
     return sample[0] if sample else None
 
 
@@ -364,7 +385,10 @@ async def pick_models(gateway: Endpoint, wanted: list[str], all_models: bool) ->
     return listed if all_models else listed[:1]
 
 
-async def run_models(args: argparse.Namespace, gateway: Endpoint, texts: Texts) -> dict:
+async def run_models(
+    args: argparse.Namespace, gateway: Endpoint, texts: Texts, results: dict[str, Any]
+) -> None:
+    """Fills ``results`` as each model and swap pair is done (an interrupted run keeps them)."""
     entries = await pick_models(gateway, args.models, all_models=True)
     by_backend: dict[str, list[str]] = {}
     for entry in entries:
@@ -373,7 +397,24 @@ async def run_models(args: argparse.Namespace, gateway: Endpoint, texts: Texts) 
     swap_pairs = {backend: names[:2] for backend, names in by_backend.items() if len(names) > 1}
     progress = Progress(args.progress, len(entries) + len(swap_pairs))
     ticker = asyncio.create_task(progress.run())
-    rows = []
+    rows: list[dict[str, Any]] = results.setdefault("models", [])
+    swaps: list[dict[str, Any]] = results.setdefault("swaps", [])
+    try:
+        await models_and_swaps(args, gateway, texts, progress, entries, swap_pairs, rows, swaps)
+    finally:
+        ticker.cancel()
+
+
+async def models_and_swaps(
+    args: argparse.Namespace,
+    gateway: Endpoint,
+    texts: Texts,
+    progress: Progress,
+    entries: list[dict],
+    swap_pairs: dict[str, list[str]],
+    rows: list[dict[str, Any]],
+    swaps: list[dict[str, Any]],
+) -> None:
     for entry in entries:
         model = entry["id"]
         progress.start(model, 1 + args.requests)
@@ -406,7 +447,6 @@ async def run_models(args: argparse.Namespace, gateway: Endpoint, texts: Texts) 
             f"cold {fmt_ms(row['cold_ms'])}, warm p50 {fmt_ms(row['warm_ms']['p50'])}"
             + (f", errors {row['errors']}" if row["errors"] else "")
         )
-    swaps = []
     for backend, (first_model, second_model) in swap_pairs.items():
         progress.start(f"swap {backend}: {first_model} <-> {second_model}", 2 * args.swaps + 1)
         await gateway.embed(first_model, texts.batch(1))
@@ -429,8 +469,6 @@ async def run_models(args: argparse.Namespace, gateway: Endpoint, texts: Texts) 
             }
         )
         progress.end(f"swap p50 {fmt_ms(stats['p50'])}, max {fmt_ms(stats['max'])}")
-    ticker.cancel()
-    return {"models": rows, "swaps": swaps}
 
 
 def check_shape(body: bytes | None, batch: int) -> int | None:
@@ -443,16 +481,34 @@ def check_shape(body: bytes | None, batch: int) -> int | None:
     return shape["dims"]
 
 
-async def run_load(args: argparse.Namespace, gateway: Endpoint, texts: Texts) -> dict:
+async def run_load(
+    args: argparse.Namespace, gateway: Endpoint, texts: Texts, results: dict[str, Any]
+) -> None:
+    """Fills ``results`` cell by cell (an interrupted run keeps the finished cells)."""
     entries = await pick_models(gateway, args.models, all_models=False)
     cells_plan = list(itertools.product(entries, args.concurrency, args.batch))
     progress = Progress(args.progress, len(cells_plan))
     ticker = asyncio.create_task(progress.run())
-    warmup = {}
+    try:
+        await load_cells(args, gateway, texts, progress, entries, cells_plan, results)
+    finally:
+        ticker.cancel()
+
+
+async def load_cells(
+    args: argparse.Namespace,
+    gateway: Endpoint,
+    texts: Texts,
+    progress: Progress,
+    entries: list[dict],
+    cells_plan: list[tuple[dict, int, int]],
+    results: dict[str, Any],
+) -> None:
+    warmup: dict[str, Any] = results.setdefault("warmup", {})
+    cells: list[dict[str, Any]] = results.setdefault("cells", [])
     for entry in entries:
         outcome = await gateway.embed(entry["id"], texts.batch(1))
         warmup[entry["id"]] = {"status": outcome.status, "ms": outcome.ms}
-    cells = []
     for entry, concurrency, batch in cells_plan:
         model = entry["id"]
         progress.start(f"{model} c={concurrency} b={batch}", args.duration, timed=True)
@@ -464,6 +520,7 @@ async def run_load(args: argparse.Namespace, gateway: Endpoint, texts: Texts) ->
             batch,
             args.duration,
             recorder,
+            grace=args.grace,
             verify=args.verify,
         )
         cell = {"model": model, "concurrency": concurrency, "batch": batch}
@@ -474,27 +531,51 @@ async def run_load(args: argparse.Namespace, gateway: Endpoint, texts: Texts) ->
             f"{cell['requests_per_s']:.1f} req/s, {cell['inputs_per_s']:.0f} inputs/s, "
             f"p50 {fmt_ms(cell['latency_ms']['p50'])}"
             + (f", errors {cell['errors']}" if cell["errors"] else "")
+            + (f", {cell['cut_off']} cut off at the deadline" if cell["cut_off"] else "")
         )
-    ticker.cancel()
-    return {"warmup": warmup, "cells": cells}
 
 
 async def run_overhead(
-    args: argparse.Namespace, gateway: Endpoint, upstream: Endpoint, texts: Texts
-) -> dict:
+    args: argparse.Namespace,
+    gateway: Endpoint,
+    upstream: Endpoint,
+    texts: Texts,
+    results: dict[str, Any],
+) -> None:
+    """Fills ``results`` cell by cell (an interrupted run keeps the finished cells)."""
     model = (await pick_models(gateway, args.models, all_models=False))[0]["id"]
     upstream_model = args.upstream_model or model
     sides: dict[str, Send] = {
         "gateway": lambda inputs: gateway.embed(model, inputs),
         "upstream": lambda inputs: upstream.embed(upstream_model, inputs),
     }
-    slices = max(1, round(args.duration / args.slice))
     plan = list(itertools.product(args.concurrency, args.batch))
     progress = Progress(args.progress, len(plan))
     ticker = asyncio.create_task(progress.run())
     sampler = RssSampler(args.gateway_pid) if args.gateway_pid else None
     sampling = asyncio.create_task(sampler.run()) if sampler else None
-    cells = []
+    cells: list[dict[str, Any]] = results.setdefault("cells", [])
+    try:
+        await overhead_cells(args, sides, texts, progress, sampler, plan, model,
+                             upstream_model, cells)
+    finally:
+        ticker.cancel()
+        if sampling:
+            sampling.cancel()
+
+
+async def overhead_cells(
+    args: argparse.Namespace,
+    sides: dict[str, Send],
+    texts: Texts,
+    progress: Progress,
+    sampler: RssSampler | None,
+    plan: list[tuple[int, int]],
+    model: str,
+    upstream_model: str,
+    cells: list[dict[str, Any]],
+) -> None:
+    slices = max(1, round(args.duration / args.slice))
     for concurrency, batch in plan:
         progress.start(f"c={concurrency} b={batch}", 2 * slices * args.slice, timed=True)
         recorders = {name: Recorder() for name in sides}
@@ -511,7 +592,7 @@ async def run_overhead(
                 before = cpu_seconds(sampler.pid) if sampler else 0.0
                 body = await closed_loop(
                     send, texts, concurrency, batch, args.slice, recorders[name],
-                    verify=args.verify,
+                    grace=args.grace, verify=args.verify,
                 )
                 samples[name] = samples.get(name) or body
                 if sampler and name == "gateway":
@@ -554,10 +635,6 @@ async def run_overhead(
             if ratio
             else "no successful upstream requests"
         )
-    ticker.cancel()
-    if sampling:
-        sampling.cancel()
-    return {"cells": cells}
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -596,8 +673,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--duration",
         type=float,
-        default=10.0,
+        default=5.0,
         help="seconds per load/overhead cell; cap on warm requests in 'models'",
+    )
+    common.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        help="seconds requests in flight at a cell's end may still take; past it they are "
+        "cancelled and reported as cut_off",
     )
     common.add_argument("--encoding-format", choices=("float", "base64"), default="float")
     common.add_argument("--input-words", type=int, default=32, help="words per input text")
@@ -620,8 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--swaps", type=int, default=2, help="round trips per swap pair")
 
     sweep = argparse.ArgumentParser(add_help=False)
-    sweep.add_argument("--concurrency", type=int_list, default=[1, 8, 32, 64])
-    sweep.add_argument("--batch", type=int_list, default=[1, 32, 256])
+    sweep.add_argument("--concurrency", type=int_list, default=[1, 8])
+    sweep.add_argument("--batch", type=int_list, default=[1, 32])
     sweep.add_argument(
         "--verify",
         action="store_true",
@@ -660,24 +744,49 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+EMPTY_RESULTS: dict[str, Callable[[], dict[str, Any]]] = {
+    "models": lambda: {"models": [], "swaps": []},
+    "load": lambda: {"warmup": {}, "cells": []},
+    "overhead": lambda: {"cells": []},
+}
+
+
+async def until_done_or_interrupted(work: Awaitable[None]) -> bool:
+    """Run ``work``; Ctrl-C (SIGINT) cancels it, keeping what it has finished. True if so."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, task.cancel)
+    try:
+        await asyncio.wait({task})
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    if task.cancelled():
+        return True
+    task.result()  # a failure of the run itself (SystemExit with its message) goes on up
+    return False
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     largest = max(getattr(args, "concurrency", [1]))
     connector = aiohttp.TCPConnector(limit=2 * largest + 4, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     texts = Texts(args.input_words, args.seed)
     started = dt.datetime.now(dt.UTC)
+    results = EMPTY_RESULTS[args.mode]()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         gateway = Endpoint(session, args.gateway, args.api_key, args.encoding_format)
         if args.mode == "models":
-            results = await run_models(args, gateway, texts)
+            work = run_models(args, gateway, texts, results)
         elif args.mode == "load":
-            results = await run_load(args, gateway, texts)
+            work = run_load(args, gateway, texts, results)
         else:
             upstream = Endpoint(session, args.upstream, args.upstream_api_key, args.encoding_format)
-            results = await run_overhead(args, gateway, upstream, texts)
+            work = run_overhead(args, gateway, upstream, texts, results)
+        interrupted = await until_done_or_interrupted(work)
     return {
         "schema": SCHEMA,
         "mode": args.mode,
+        "interrupted": interrupted,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "settings": settings_of(args),
@@ -708,12 +817,14 @@ def main(argv: list[str] | None = None) -> int:
                   "the gateway's Python process (a wrapper or shim?): its CPU and RSS would "
                   "not be the gateway's", file=sys.stderr)
     report = asyncio.run(run(args))
+    if report["interrupted"]:
+        print("\ninterrupted: the results below are what finished", file=sys.stderr)
     print_report(report, sys.stdout)
     if args.json:
         args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     if args.html:
         args.html.write_text(render_html(report), encoding="utf-8")
-    return 0
+    return 130 if report["interrupted"] else 0
 
 
 if __name__ == "__main__":

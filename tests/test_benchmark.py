@@ -331,3 +331,55 @@ def test_overhead_of_the_gateway_over_its_upstream(
         assert cell["upstream"]["ok"] > 0 and cell["upstream"]["errors"] == {}
         assert cell["gateway_process"]["pid"] == pid
         assert cell["gateway_process"]["cpu_s"] > 0
+
+
+def test_requests_in_flight_at_the_deadline_get_the_grace_period_then_are_cut_off(
+    tmp_path: Path,
+) -> None:
+    slow = Server("--model", "slow", "--dims", "8", "--accelerator", "serial",
+                  "--fixed-ms", "4000")
+    try:
+        report, _, _ = bench(
+            tmp_path, "load", "--gateway", slow.url, "--concurrency", "2", "--batch", "1",
+            "--duration", "0.3", "--grace", "0.3", "--no-progress",
+        )
+    finally:
+        slow.stop()
+    [cell] = report["results"]["cells"]
+    assert cell["in_flight_at_deadline"] == 2  # each worker's first request
+    assert cell["cut_off"] == 2  # the device needs 4 s for one, far past the grace period
+    assert cell["ok"] == 0 and cell["requests"] == 0
+    assert report["settings"]["grace"] == 0.3
+    assert report["interrupted"] is False
+
+
+def test_ctrl_c_writes_the_cells_that_finished(upstream: Server, tmp_path: Path) -> None:
+    out_json = tmp_path / "out.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "benchmark.py"), "load", "--gateway", upstream.url,
+         "--concurrency", "1,2,3,4", "--batch", "1", "--duration", "1", "--json", str(out_json)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = ""
+        deadline = time.monotonic() + 30
+        while "[1/4]" not in first:  # a line per finished cell off a terminal
+            assert time.monotonic() < deadline and proc.poll() is None, first
+            ready, _, _ = select.select([proc.stderr], [], [], 1)
+            if ready:
+                first += proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted" in stderr
+    report = json.loads(out_json.read_text())
+    assert report["interrupted"] is True
+    cells = report["results"]["cells"]
+    assert 1 <= len(cells) < 4
+    assert cells[0]["concurrency"] == 1 and cells[0]["ok"] > 0
+    assert "inputs/s" in stdout
