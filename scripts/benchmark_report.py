@@ -93,10 +93,12 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                 num(cell["latency_ms"]["p95"], suffix=" ms"),
                 num(cell["latency_ms"]["p99"], suffix=" ms"),
                 errors_text(cell["errors"]),
+                str(cell.get("cut_off", 0)),  # absent from reports older than --grace
             ]
             for cell in results["cells"]
         ]
-        headers = ["model", "conc", "batch", "req/s", "inputs/s", "p50", "p95", "p99", "errors"]
+        headers = ["model", "conc", "batch", "req/s", "inputs/s", "p50", "p95", "p99", "errors",
+                   "cut off"]
         return [("Load", headers, rows)]
     rows = []
     for cell in results["cells"]:

@@ -339,7 +339,7 @@ def test_requests_in_flight_at_the_deadline_get_the_grace_period_then_are_cut_of
     slow = Server("--model", "slow", "--dims", "8", "--accelerator", "serial",
                   "--fixed-ms", "4000")
     try:
-        report, _, _ = bench(
+        report, _, stdout = bench(
             tmp_path, "load", "--gateway", slow.url, "--concurrency", "2", "--batch", "1",
             "--duration", "0.3", "--grace", "0.3", "--no-progress",
         )
@@ -351,6 +351,7 @@ def test_requests_in_flight_at_the_deadline_get_the_grace_period_then_are_cut_of
     assert cell["ok"] == 0 and cell["requests"] == 0
     assert report["settings"]["grace"] == 0.3
     assert report["interrupted"] is False
+    assert stdout.splitlines()[-1].split()[-1] == "2"  # the table's "cut off" column
 
 
 def test_ctrl_c_writes_the_cells_that_finished(upstream: Server, tmp_path: Path) -> None:
