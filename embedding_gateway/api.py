@@ -129,9 +129,8 @@ async def debug_block_loop(request: web.Request) -> web.Response:
 
 
 async def expect_continue(request: web.Request) -> None:
-    """``Expect: 100-continue`` is answered; any other expectation is left for the error
-    middleware to refuse in the envelope (aiohttp's own handler answers plain text, and a
-    500 when the header is not UTF-8). It runs before the middleware."""
+    """``Expect: 100-continue`` is answered, and a client gone meanwhile is not an error
+    (other expectations never get here: ``malformed.refuse_unmet_expectations``)."""
     if request.headers.get("Expect", "").lower() == "100-continue":
         with suppress(ConnectionError):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import GatewayConfig, load_config
-from .connections import ConnectionGuard, GuardedSite
+from .connections import listen
 from .errors import ConfigError
 from .state import GATEWAY, Gateway
 from .systemd import Notifier
@@ -128,12 +128,8 @@ async def serve(path: str, config: GatewayConfig) -> int:
                            shutdown_timeout=CLOSE_TIMEOUT, handler_cancellation=True,
                            keepalive_timeout=limits.keepalive_timeout)
     await runner.setup()
-    guard = ConnectionGuard(max_connections=limits.max_connections,
-                            header_timeout=limits.header_timeout)
-    gateway.connections = guard
-    site = GuardedSite(runner, config.server.host, config.server.port, guard=guard)
     try:
-        await site.start()
+        await listen(runner, config.server.host, config.server.port, limits)
     except OSError as exc:
         log.error("listen_failed", host=config.server.host, port=config.server.port,
                   error=exc.strerror)

@@ -8,7 +8,8 @@ held forever, and enough of them use up every file descriptor. ``GuardedSite`` l
 - at most ``max_connections`` open at once; past it, a new connection is closed at once;
 - a request's headers must arrive within ``header_timeout`` of the connection opening or of
   the previous answer (the middleware says when a request has arrived and been answered);
-- its body must arrive within ``body_timeout`` (enforced where the body is read).
+- its body must arrive within ``body_timeout`` (enforced where the body is read);
+- what aiohttp refuses before routing is answered in the envelope (``malformed``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+
+from .config import Limits
+from .malformed import refuse_unmet_expectations, request_handler
+from .state import GATEWAY
 
 log = structlog.get_logger("embedding_gateway.connections")
 
@@ -104,7 +109,8 @@ class GuardedProtocol(asyncio.Protocol):
 
 
 class GuardedSite(web.TCPSite):
-    """``web.TCPSite`` whose connections go through a ``ConnectionGuard``."""
+    """``web.TCPSite`` whose connections go through a ``ConnectionGuard``, each served by an
+    ``EnvelopedRequestHandler``."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, guard: ConnectionGuard,
                  reuse_address: bool = True) -> None:
@@ -115,9 +121,21 @@ class GuardedSite(web.TCPSite):
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
+        server.request_handler = refuse_unmet_expectations(server.request_handler)
         guard = self.guard
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: GuardedProtocol(server(), guard), self._host, self._port,
+            lambda: GuardedProtocol(request_handler(server), guard), self._host, self._port,
             reuse_address=self._reuse_address)
         self._bound_port = (self._server.sockets[0].getsockname()[1]
                             if self._server.sockets else self._port)
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, limits: Limits) -> GuardedSite:
+    """The gateway's listening site (started; ``OSError`` when the address cannot be bound),
+    its guard stored on the gateway for the middleware."""
+    guard = ConnectionGuard(max_connections=limits.max_connections,
+                            header_timeout=limits.header_timeout)
+    site = GuardedSite(runner, host, port, guard=guard)
+    await site.start()
+    runner.app[GATEWAY].connections = guard
+    return site

@@ -2,7 +2,8 @@
 
 Every failure a client can observe is a ``GatewayError`` subclass carrying its HTTP status,
 OpenAI error ``type`` and ``code``, optional ``param`` and extra headers. Code anywhere raises
-them; only the error middleware renders them (``envelope``).
+them; one function renders them (``middlewares.render_error``), for the middleware and for
+requests refused before it (``malformed``).
 
     GatewayError
     ├── InvalidRequest        400 invalid_request_error
@@ -12,9 +13,10 @@ them; only the error middleware renders them (``envelope``).
     ├── ModelNotFound         404 model_not_found
     ├── RequestTimeout        408 (a body that did not arrive in time)
     ├── PayloadTooLarge       413
-    ├── UnsupportedMediaType  415 (a browser's form or text body)
+    ├── UnsupportedMediaType  415 (a browser's form or text body, a Content-Encoding not read)
     ├── ExpectationFailed     417 (an Expect header other than 100-continue)
     ├── QueueFull             429 + Retry-After
+    ├── HeadersTooLarge       431 (a request line or header over the parser's limits)
     ├── UpstreamRejected      upstream's 4xx, its message kept
     ├── UpstreamFailed        502 (refused, reset, 5xx, garbled body)
     ├── UpstreamTimeout       504
@@ -129,6 +131,12 @@ class ExpectationFailed(GatewayError):
     status = 417
     type = "invalid_request_error"
     code = "expectation_failed"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class QueueFull(GatewayError):

@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import (
     AuthenticationFailed,
     CrossOriginRefused,
-    ExpectationFailed,
     GatewayError,
     InternalError,
     InvalidRequest,
@@ -46,6 +46,11 @@ def render_error(error: GatewayError) -> web.Response:
         content_type="application/json",
         headers=error.headers,
     )
+
+
+def first_line(message: str) -> str:
+    """aiohttp's parser messages go on to quote the offending bytes; the first line says it."""
+    return message.strip().split("\n", 1)[0].rstrip(":")
 
 
 async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -97,7 +102,9 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         if isinstance(exc, RequestTimeout):
             response.force_close()  # the rest of its body will not be read
     except web.RequestPayloadError as exc:  # a body that cannot be read (bad gzip, cut off)
-        error = InvalidRequest(f"the request body could not be read: {exc}")
+        cause = exc.__cause__
+        reason = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
+        error = InvalidRequest(f"the request body could not be read: {first_line(reason)}")
         response = render_error(error)
         fields["error"] = error.message
     except web.HTTPException as exc:
@@ -180,13 +187,9 @@ def refuse_other_sites(request: web.Request) -> None:
 
 
 def admit(request: web.Request, gateway: Gateway) -> None:
-    """Refuse work while shutting down, other sites' pages, expectations other than
-    ``100-continue`` and requests without a key."""
+    """Refuse work while shutting down, other sites' pages and requests without a key
+    (expectations other than ``100-continue`` are refused before routing: ``malformed``)."""
     refuse_other_sites(request)
-    expect = request.headers.get("Expect")
-    if expect is not None and expect.lower() != "100-continue":
-        raise ExpectationFailed(
-            f"the only expectation understood is 100-continue, not {expect!a}")
     if gateway.draining:
         raise Unavailable("the gateway is shutting down; retry on another instance",
                           retry_after=2)

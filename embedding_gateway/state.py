@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
@@ -20,7 +20,6 @@ from aiohttp import web
 from .backends import create_backend
 from .batching import Batcher
 from .config import BackendConfig, GatewayConfig, ManagedConfig
-from .connections import ConnectionGuard
 from .http_client import HttpClient
 from .instances import DeviceLedger
 from .metrics import Metrics
@@ -28,6 +27,9 @@ from .router import Router
 from .runtimes.base import Runtime
 from .supervisor import Supervisor
 from .upstream import RemoteUpstream, Upstream
+
+if TYPE_CHECKING:  # the guard is the server's (it imports the request path, not the reverse)
+    from .connections import ConnectionGuard
 
 RuntimeFactory = Callable[[ManagedConfig], Runtime]
 log = structlog.get_logger("embedding_gateway")

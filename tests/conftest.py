@@ -11,7 +11,8 @@ from aiohttp import web
 
 from embedding_gateway.app import create_app
 from embedding_gateway.config import parse_config
-from embedding_gateway.state import RuntimeFactory
+from embedding_gateway.connections import listen
+from embedding_gateway.state import GATEWAY, RuntimeFactory
 
 GatewayFactory = Callable[..., Any]
 
@@ -26,8 +27,7 @@ async def serve_app(
     app = create_app(parse_config(config, env={}), runtime_factory=runtime_factory)
     runner = web.AppRunner(app, shutdown_timeout=5, handler_cancellation=True)  # as cli.serve
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    await listen(runner, "127.0.0.1", 0, app[GATEWAY].config.server.limits)
     host, port = runner.addresses[0][:2]
     try:
         yield f"http://{host}:{port}", app

@@ -391,28 +391,3 @@ async def test_another_sites_page_cannot_use_the_gateway_through_a_browser() -> 
         curl = {"Content-Type": "application/x-www-form-urlencoded"}  # curl -d, no Origin
         status, envelope, _ = await call(session, url, raw=body, headers=curl)
         assert status == 200, envelope
-
-
-async def raw_post(url: str, headers: bytes, body: bytes) -> tuple[bytes, bytes]:
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers
-                 + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                 % (len(body), body))
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, payload = answer.rpartition(b"\r\n\r\n")
-    return head, payload
-
-
-async def test_expectations_other_than_100_continue_get_an_enveloped_417() -> None:
-    async with tei_gateway() as (url, _session, _):
-        body = b'{"model": "bge", "input": "x"}'
-        for expect in (b"something-else", b"\xdd\xfe"):
-            head, payload = await raw_post(url, b"Expect: " + expect + b"\r\n", body)
-            assert head.startswith(b"HTTP/1.1 417"), head
-            assert json.loads(payload)["error"]["code"] == "expectation_failed"
-        head, payload = await raw_post(url, b"Expect: 100-continue\r\n", body)
-        assert b"HTTP/1.1 100 Continue" in head and b"HTTP/1.1 200" in head, head
-        assert json.loads(payload)["data"]
