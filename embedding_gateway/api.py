@@ -1,5 +1,5 @@
-"""Thin handlers: ``/v1/embeddings``, ``/v1/models``, ``/health``, ``/health/ready``,
-``/metrics``."""
+"""Thin handlers: ``/v1/embeddings``, ``/v1/rerank`` (also ``/rerank``), ``/v1/models``,
+``/health``, ``/health/ready``, ``/metrics``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from .errors import InvalidRequest, RequestTimeout
+from .rerank_schemas import parse_rerank_request, rerank_response_body
 from .schemas import parse_embedding_request, response_body, response_chunks
 from .state import AUTHORIZED, GATEWAY, LOG_FIELDS
 
@@ -23,18 +24,24 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    fields = request[LOG_FIELDS]
-    # The body is read as JSON whatever Content-Type says: `curl -d` sends a form type.
-    limits = gateway.config.server.limits
+async def read_body(request: web.Request) -> bytes:
+    """The body, read as JSON whatever Content-Type says (`curl -d` sends a form type),
+    within ``body_timeout``."""
+    limits = request.app[GATEWAY].config.server.limits
     try:
         async with asyncio.timeout(limits.body_timeout):
-            body = await request.read()
+            return await request.read()
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within body_timeout "
                              f"({limits.body_timeout:g} s)") from None
-    parsed = parse_embedding_request(body, max_inputs=limits.max_inputs)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    fields = request[LOG_FIELDS]
+    fields["task"] = "embed"
+    body = await read_body(request)
+    parsed = parse_embedding_request(body, max_inputs=gateway.config.server.limits.max_inputs)
     router = gateway.routes()
     route = router.resolve(parsed.model)
     fields.update(model=parsed.model, backend=route.backend, inputs=len(parsed.inputs))
@@ -62,6 +69,22 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def rerank(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    fields = request[LOG_FIELDS]
+    fields["task"] = "rerank"
+    body = await read_body(request)
+    parsed = parse_rerank_request(body, max_documents=gateway.config.server.limits.max_inputs)
+    router = gateway.routes()
+    route = router.resolve(parsed.model)
+    fields.update(model=parsed.model, backend=route.backend, inputs=len(parsed.documents))
+    router.check_task(route, parsed.model, "rerank")
+    result = await router.rerank(parsed, route)
+    fields["tokens"] = result.prompt_tokens
+    return web.Response(body=rerank_response_body(result, parsed, model=parsed.model),
+                        content_type="application/json")
+
+
 async def models(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     data = []
@@ -79,6 +102,7 @@ async def models(request: web.Request) -> web.Response:
             "alias_of": route.alias_of,
             "dimensions": route.options.dimensions,
             "matryoshka": route.options.matryoshka,
+            "task": router.task(route),
             "managed": upstream.managed,
             **state.as_dict(),
         })
@@ -139,6 +163,8 @@ async def expect_continue(request: web.Request) -> None:
 def add_routes(app: web.Application, *, debug: bool = False) -> None:
     add_post, add_get = app.router.add_post, app.router.add_get
     add_post("/v1/embeddings", embeddings, expect_handler=expect_continue)
+    add_post("/v1/rerank", rerank, expect_handler=expect_continue)
+    add_post("/rerank", rerank, expect_handler=expect_continue)
     add_get("/v1/models", models, expect_handler=expect_continue)
     add_get("/health", health, expect_handler=expect_continue)
     add_get("/health/ready", ready, expect_handler=expect_continue)

@@ -24,7 +24,8 @@ import asyncio
 import copy
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,7 @@ class Address:
     lanes: list[Lane] = field(default_factory=list)
     calls: int = 0
     inputs: int = 0
+    waiting: list[asyncio.Future[None]] = field(default_factory=list)  # calls held (hold())
 
 
 @dataclass(eq=False)
@@ -203,22 +205,62 @@ class Batcher:
 
     # -- lanes and addresses ----------------------------------------------------------------
 
+    def address(self, base_url: str) -> Address:
+        address = self.addresses.get(base_url)
+        if address is None:
+            configured = self.config.max_concurrency
+            limit: AdaptiveLimit | FixedLimit
+            if self.config.merge_mode == "wait":
+                limit = (FixedLimit(configured) if configured is not None
+                         else AdaptiveLimit(maximum=DEFAULT_CEILING))
+            else:  # nothing is held back for merging: the upstream queues and batches
+                limit = FixedLimit(configured or DEFAULT_CEILING)
+            address = self.addresses[base_url] = Address(limit)
+        return address
+
     def _lane(self, base_url: str, model: str, options: ModelConfig) -> Lane:
         lane = self.lanes.get((model, base_url))
         if lane is None:
-            address = self.addresses.get(base_url)
-            if address is None:
-                configured = self.config.max_concurrency
-                limit: AdaptiveLimit | FixedLimit
-                if self.config.merge_mode == "wait":
-                    limit = (FixedLimit(configured) if configured is not None
-                             else AdaptiveLimit(maximum=DEFAULT_CEILING))
-                else:  # nothing is held back for merging: the upstream queues and batches
-                    limit = FixedLimit(configured or DEFAULT_CEILING)
-                address = self.addresses[base_url] = Address(limit)
+            address = self.address(base_url)
             lane = self.lanes[(model, base_url)] = Lane(model, options, base_url, address)
             address.lanes.append(lane)
         return lane
+
+    @asynccontextmanager
+    async def hold(self, base_url: str, inputs: int) -> AsyncIterator[None]:
+        """A place for one call of ``inputs`` that is not an embedding call (a rerank call):
+        it waits, at most ``max_queue_wait``, until the address has a call and the inputs to
+        spare under the same ceilings as embedding calls, and counts against them while it
+        runs."""
+        address = self.address(base_url)
+        deadline = time.monotonic() + self.config.max_queue_wait
+        while not self._has_room(address, inputs):
+            waiter = asyncio.get_running_loop().create_future()
+            address.waiting.append(waiter)
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                    await waiter
+            except TimeoutError:
+                raise Unavailable(
+                    f"backend {self.name!r} had no room for this request within "
+                    f"max_queue_wait ({self.config.max_queue_wait:g} s); retry later",
+                    retry_after=5) from None
+            finally:
+                if waiter in address.waiting:
+                    address.waiting.remove(waiter)
+        address.calls += 1
+        address.inputs += inputs
+        try:
+            yield
+        finally:
+            address.calls -= 1
+            address.inputs -= inputs
+            self._pump(address)
+
+    def _has_room(self, address: Address, inputs: int) -> bool:
+        room = self.backend.inflight_input_ceiling
+        return address.calls < address.limit.maximum and (
+            room is None or address.inputs == 0 or address.inputs + inputs <= room)
 
     # -- forming and sending calls ----------------------------------------------------------
 
@@ -230,6 +272,9 @@ class Batcher:
             for lane in address.lanes:
                 if lane.queue and self._send_next(lane):
                     sent = True
+        for waiter in address.waiting:  # held calls look again for room (hold())
+            if not waiter.done():
+                waiter.set_result(None)
         self.metrics.set_batch_state(
             backend=self.name, queued_inputs=self.queued_inputs,
             calls=sum(a.calls for a in self.addresses.values()),

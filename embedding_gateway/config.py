@@ -37,6 +37,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from .errors import ConfigError
 
 BackendKind = Literal["ollama", "tei", "vllm", "openai"]
+Task = Literal["embed", "rerank"]
 HttpUrl = NewType("HttpUrl", str)  # http(s) with a host; kept without a trailing slash
 DeviceId = NewType("DeviceId", str)  # ``gpus: [0, 1]`` and ``gpu: 0`` as YAML writes them
 NonEmptyStr = NewType("NonEmptyStr", str)
@@ -115,6 +116,7 @@ class ModelConfig:
     preload: bool = False
     pinned: bool = False
     keep_alive: str | int | None = None  # Ollama only
+    task: Task | None = None  # null: what the upstream reports (TEI, Infinity), else embed
 
 
 def ssh_supported() -> bool:
@@ -500,6 +502,8 @@ def _cross_checks(gpus: dict[str, GpuConfig] | None, models: list[Placed]) -> li
                             f"device {opts.gpu!r} ({gpus[opts.gpu].memory_gb:g} GB)")
         if opts.keep_alive is not None and kind not in ("ollama", None):
             problems.append(f"{where}.keep_alive: only ollama backends take keep_alive")
+        if opts.task == "rerank" and kind == "ollama":
+            problems.append(f"{where}.task: Ollama has no rerank API")
     return problems
 
 

@@ -7,7 +7,8 @@ requests refused before it (``malformed``).
 
     GatewayError
     ├── InvalidRequest        400 invalid_request_error
-    │   └── UnsupportedInput  400 (token ids to an upstream that takes only text, …)
+    │   ├── UnsupportedInput  400 (token ids to an upstream that takes only text, …)
+    │   └── TaskMismatch      400 (a reranker asked to embed, an embedding model to rerank)
     ├── AuthenticationFailed  401 authentication_error
     ├── CrossOriginRefused    403 (a browser request from another site's page)
     ├── ModelNotFound         404 model_not_found
@@ -79,6 +80,10 @@ class InvalidRequest(GatewayError):
 
 class UnsupportedInput(InvalidRequest):
     code = "unsupported_input"
+
+
+class TaskMismatch(InvalidRequest):
+    code = "model_task_mismatch"
 
 
 class AuthenticationFailed(GatewayError):

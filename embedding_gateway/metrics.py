@@ -51,27 +51,27 @@ class Metrics:
         reg = self.registry
         self._requests = Counter(
             f"{_PREFIX}_requests_total",
-            "Embedding requests answered, by model, backend and HTTP status.",
-            ["model", "backend", "status"],
+            "Requests answered, by model, backend, task (embed, rerank) and HTTP status.",
+            ["model", "backend", "task", "status"],
             registry=reg,
         )
         self._request_duration = Histogram(
             f"{_PREFIX}_request_duration_seconds",
             "Time from request received to response written.",
-            ["model", "backend"],
+            ["model", "backend", "task"],
             buckets=REQUEST_BUCKETS,
             registry=reg,
         )
         self._inputs = Counter(
             f"{_PREFIX}_inputs_total",
-            "Input texts embedded.",
-            ["model", "backend"],
+            "Input texts embedded, or documents reranked.",
+            ["model", "backend", "task"],
             registry=reg,
         )
         self._tokens = Counter(
             f"{_PREFIX}_tokens_total",
             "Prompt tokens reported in usage.",
-            ["model", "backend"],
+            ["model", "backend", "task"],
             registry=reg,
         )
         self._upstream_errors = Counter(
@@ -176,22 +176,25 @@ class Metrics:
         )
         self._tasks.set_function(_loop_tasks)
         self._batch_gauges: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
-        # labelled children per (model, backend, status), looked up once: on every request's path
+        # labelled children per (model, backend, task, status), looked up once: on every
+        # request's path
         self._request_children: dict[
-            tuple[str, str, int], tuple[Counter, Histogram, Counter, Counter]
+            tuple[str, str, str, int], tuple[Counter, Histogram, Counter, Counter]
         ] = {}
 
     def observe_request(
-        self, *, model: str, backend: str, status: int, seconds: float, inputs: int, tokens: int
+        self, *, model: str, backend: str, task: str, status: int, seconds: float, inputs: int,
+        tokens: int
     ) -> None:
-        key = (model, backend, status)
+        key = (model, backend, task, status)
         children = self._request_children.get(key)
         if children is None:
+            labels = {"model": model, "backend": backend, "task": task}
             children = self._request_children[key] = (
-                self._requests.labels(model=model, backend=backend, status=str(status)),
-                self._request_duration.labels(model=model, backend=backend),
-                self._inputs.labels(model=model, backend=backend),
-                self._tokens.labels(model=model, backend=backend),
+                self._requests.labels(**labels, status=str(status)),
+                self._request_duration.labels(**labels),
+                self._inputs.labels(**labels),
+                self._tokens.labels(**labels),
             )
         requests, duration, inputs_total, tokens_total = children
         requests.inc()

@@ -134,6 +134,7 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         gateway.metrics.observe_request(
             model=str(fields["model"]),
             backend=str(fields.get("backend", "")),
+            task=str(fields.get("task", "embed")),
             status=response.status,
             seconds=elapsed,
             inputs=int(fields.get("inputs", 0)),  # type: ignore[call-overload]

@@ -1,13 +1,16 @@
-"""Model or alias → backend; a request checked against its model, then leased and batched."""
+"""Model or alias → backend; a request checked against its model (what it does included),
+then leased and batched (embeddings) or split into rerank calls."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .batching import Batcher
-from .config import GatewayConfig, ModelConfig
-from .errors import InvalidRequest, ModelNotFound, UnsupportedInput, UpstreamFailed
+from .config import GatewayConfig, ModelConfig, Task
+from .errors import InvalidRequest, ModelNotFound, TaskMismatch, UnsupportedInput, UpstreamFailed
 from .metrics import Metrics
+from .rerank_schemas import RerankRequest, Scores
+from .reranking import rerank_documents
 from .schemas import EmbeddingRequest, Embeddings, cut_dimensions
 from .upstream import Upstream
 
@@ -65,8 +68,30 @@ class Router:
             param="model",
         )
 
+    def task(self, route: Route) -> Task | None:
+        """What the route's model does; None until an upstream that reports it has said."""
+        return self.upstreams[route.backend].backend.task(route.model, route.options)
+
+    def check_task(self, route: Route, name: str, wanted: Task, *, known: bool = False) -> None:
+        """Refuse a model asked to do what it does not. Before the lease an unknown task lets
+        the request through (the upstream says once it is up); inside it (``known``) an
+        upstream that said nothing means embed."""
+        task = self.task(route)
+        if task is None and known:
+            task = "embed"
+        if task is None or task == wanted:
+            return
+        if wanted == "rerank":
+            raise TaskMismatch(
+                f"model {name!r} is an embedding model, not a reranker: use POST "
+                "/v1/embeddings with it (a reranker on a server that does not say what its "
+                "models do needs 'task: rerank' in the gateway's config)", param="model")
+        raise TaskMismatch(f"model {name!r} is a reranker, not an embedding model: use POST "
+                           "/v1/rerank with it", param="model")
+
     def check(self, request: EmbeddingRequest, route: Route) -> None:
         """Reject what this model cannot do before anything is sent or started."""
+        self.check_task(route, request.model, "embed")
         upstream = self.upstreams[route.backend]
         if request.tokens and not upstream.backend.accepts_tokens:
             raise UnsupportedInput(
@@ -107,6 +132,7 @@ class Router:
         upstream = self.upstreams[route.backend]
         batcher = self.batchers[route.backend]
         async with upstream.lease(route.model) as base_url:
+            self.check_task(route, request.model, "embed", known=True)
             result = await batcher.embed(base_url, route.model, route.options, request.inputs)
             # inside the lease, so that the upstream is marked as serving something else
             self._check_size(route, result.vectors.shape[1])
@@ -120,3 +146,12 @@ class Router:
                 )
             vectors = cut_dimensions(vectors, request.dimensions)
         return Embeddings(vectors, result.prompt_tokens)
+
+    async def rerank(self, request: RerankRequest, route: Route) -> Scores:
+        """Scores for every document, from the model asked for; ``check_task`` has let the
+        request through before the lease."""
+        upstream = self.upstreams[route.backend]
+        async with upstream.lease(route.model) as base_url:
+            self.check_task(route, request.model, "rerank", known=True)
+            return await rerank_documents(self.batchers[route.backend], base_url, route.model,
+                                          route.options, request.query, request.documents)

@@ -420,3 +420,10 @@ def test_a_config_without_backends_is_refused() -> None:
         parse_config({"backends": {}}, env={})
     assert caught.value.problems == [
         "backends: at least one backend is needed: with none, every model is a 404"]
+
+
+def test_a_reranker_on_ollama_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"backends": {"o": {"kind": "ollama", "base_url": "http://127.0.0.1:1",
+                                         "models": {"m": {"task": "rerank"}}}}}, env={})
+    assert caught.value.problems == ["backends.o.models.m.task: Ollama has no rerank API"]

@@ -18,7 +18,7 @@ def _value(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 def test_requests_move_the_counters_and_the_histogram() -> None:
     metrics = Metrics()
-    labels = {"model": "bge-m3", "backend": "ollama"}
+    labels = {"model": "bge-m3", "backend": "ollama", "task": "embed"}
     metrics.observe_request(**labels, status=200, seconds=0.02, inputs=3, tokens=41)
     metrics.observe_request(**labels, status=200, seconds=0.7, inputs=1, tokens=9)
     metrics.observe_request(**labels, status=503, seconds=0.001, inputs=2, tokens=0)
@@ -86,7 +86,8 @@ def test_backend_health() -> None:
 def test_exposition_parses_and_names_every_metric() -> None:
     metrics = Metrics()
     metrics.observe_request(
-        model="e5-large", backend="tei", status=200, seconds=0.05, inputs=1, tokens=5
+        model="e5-large", backend="tei", task="rerank", status=200, seconds=0.05, inputs=1,
+        tokens=5
     )
     metrics.upstream_error(backend="tei", kind="refused")
     metrics.set_queue_depth(backend="tei", depth=0)

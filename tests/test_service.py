@@ -373,8 +373,8 @@ async def test_metrics_move_and_need_the_key_unless_public(
     notify: NotifyListener, gateway_process: GatewayFactory
 ) -> None:
     key = {"Authorization": "Bearer sekret"}
-    requests = "embedding_gateway_requests_total{backend=a,model=a,status=200}"
-    inputs = "embedding_gateway_inputs_total{backend=a,model=a}"
+    requests = "embedding_gateway_requests_total{backend=a,model=a,status=200,task=embed}"
+    inputs = "embedding_gateway_inputs_total{backend=a,model=a,task=embed}"
     async with fake_vllm("a") as (url, _), aiohttp.ClientSession() as session:
         gw = gateway_process()
         config = gateway_config(gw.port, {"a": vllm_backend(url, "a")}, api_keys=["sekret"])

@@ -15,16 +15,18 @@ import numpy as np
 import orjson
 from pybase64 import b64decode  # SIMD base64: the standard library's results, faster
 
-from ..config import BackendConfig, ModelConfig
+from ..config import BackendConfig, ModelConfig, Task
 from ..errors import (
     GatewayError,
     QueueFull,
     Unavailable,
+    UnsupportedInput,
     UpstreamFailed,
     UpstreamRejected,
     UpstreamTimeout,
 )
 from ..http_client import HttpClient, HttpError
+from ..rerank_schemas import Scores
 from ..schemas import Embeddings, Inputs
 
 
@@ -80,6 +82,26 @@ def in_index_order(items: list[Any], where: str) -> list[Any]:
         raise UpstreamFailed(f"{where} returned some items without an index",
                              upstream_kind="bad_response")
     return items
+
+
+def scores_by_index(items: list[Any], expected: int, where: str) -> np.ndarray:
+    """Rerank results (``{"index", "relevance_score"}`` or TEI's ``{"index", "score"}``, in
+    any order) as one score per document, in the documents' order. Every index 0..n-1 exactly
+    once and finite numbers, else the answer is the upstream's failure."""
+    scores = np.full(expected, np.nan)
+    for item in items:
+        index = item["index"]
+        score = item["relevance_score"] if "relevance_score" in item else item["score"]
+        if type(index) is not int or not 0 <= index < expected or not np.isnan(scores[index]):
+            raise UpstreamFailed(f"{where} returned indices other than 0..{expected - 1}",
+                                 upstream_kind="bad_response")
+        if type(score) not in (int, float):
+            raise ValueError(f"a score must be a number, got {score!r:.40}")
+        scores[index] = score
+    if len(items) != expected or not np.isfinite(scores).all():
+        raise UpstreamFailed(f"{where} returned {len(items)} scores for {expected} documents, "
+                             "or scores that are not finite", upstream_kind="bad_response")
+    return scores
 
 
 def served_name(name: str, model: ModelConfig) -> str:
@@ -178,6 +200,7 @@ class Backend(ABC):
 
     kind: str
     accepts_tokens: bool = False
+    learns_tasks: bool = False  # does its check report what each model does?
     default_batch: int = 32
     default_request_bytes: int | None = None  # the upstream's default body limit, if any
 
@@ -193,6 +216,9 @@ class Backend(ABC):
         # inputs it takes in flight at once, where it says (TEI: max_concurrent_requests)
         self.inflight_input_ceiling: int | None = None
         self.limits: dict[str, Any] = {}  # what the upstream says of its limits, for /health
+        # served name -> what the upstream reports the model does (None: it reports the
+        # model, not its task). Learnt by probe(), where the upstream says (learns_tasks).
+        self.tasks: dict[str, Task | None] = {}
         headers = b"Accept: application/json\r\n"
         if config.api_key:
             headers += f"Authorization: Bearer {config.api_key}\r\n".encode()
@@ -213,6 +239,21 @@ class Backend(ABC):
         self, base_url: str, name: str, model: ModelConfig, inputs: Inputs
     ) -> Embeddings:
         """Vectors for one chunk (within ``batch_limit``), verified to come from ``model``."""
+
+    async def rerank(self, base_url: str, name: str, model: ModelConfig, query: str,
+                     documents: list[str]) -> Scores:
+        """Scores for one chunk of documents (within ``batch_limit``), verified to come from
+        ``model``."""
+        raise UnsupportedInput(f"backend {self.name!r} ({self.config.kind}) has no rerank API",
+                               param="model")
+
+    def task(self, name: str, model: ModelConfig) -> Task | None:
+        """What a model does: what the upstream reports, else what the config declares, else
+        embed; None while an upstream that would report it has not been asked yet."""
+        served = served_name(name, model)
+        if served in self.tasks:
+            return self.tasks[served] or model.task or "embed"
+        return model.task or (None if self.learns_tasks else "embed")
 
     @abstractmethod
     async def probe(self, base_url: str, timeout: float) -> Probe:
@@ -335,10 +376,11 @@ def _validation_item(item: Any) -> str:
     return f"{where}: {message}" if where else message
 
 
-def model_mismatch(backend: Backend, expected: str, got: Any) -> UpstreamFailed:
+def model_mismatch(backend: Backend, expected: str, got: Any, what: str = "vectors"
+                   ) -> UpstreamFailed:
     return UpstreamFailed(
         f"upstream {backend.name!r} answered with model {got!r}, not {expected!r}; "
-        "its vectors were discarded",
+        f"its {what} were discarded",
         code="model_mismatch",
         upstream_kind="mismatch",
     )

@@ -1,7 +1,10 @@
-"""vLLM and any OpenAI-compatible embeddings server: ``/v1/embeddings`` and ``/v1/models``.
+"""vLLM and any OpenAI-compatible embeddings server: ``/v1/embeddings`` and ``/v1/models``;
+rerankers at ``/v1/rerank`` in Cohere's and Jina's shape (vLLM, Infinity, Jina-compatible
+servers), asked without ``top_n`` and ``return_documents`` so that every score comes back.
 
 vLLM answers errors in two shapes, ``{"object":"error","message",…}`` and
-``{"error":{"message",…}}``; ``Backend.error_message`` reads both.
+``{"error":{"message",…}}``; ``Backend.error_message`` reads both. Infinity's ``/models``
+cards list ``capabilities`` (``embed``, ``rerank``): the task is learnt from them.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from typing import Any
 
 import structlog
 
-from ..config import ModelConfig
+from ..config import ModelConfig, Task
 from ..errors import UpstreamFailed, UpstreamRejected
+from ..rerank_schemas import Scores
 from ..schemas import Embeddings, Inputs
 from .base import (
     Backend,
@@ -20,6 +24,7 @@ from .base import (
     in_index_order,
     model_mismatch,
     reading,
+    scores_by_index,
     served_name,
     token_count,
 )
@@ -30,6 +35,7 @@ log = structlog.get_logger("embedding_gateway.backends.openai")
 class OpenAIBackend(Backend):
     kind = "openai"
     accepts_tokens = True
+    learns_tasks = True
     default_batch = 256
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -82,10 +88,37 @@ class OpenAIBackend(Backend):
             tokens = token_count((body.get("usage") or {}).get("prompt_tokens"), where)
         return Embeddings(decode_vectors(vectors, len(inputs), where), tokens)
 
+    async def rerank(self, base_url: str, name: str, model: ModelConfig, query: str,
+                     documents: list[str]) -> Scores:
+        body = await self.request_json(
+            "POST", f"{self.api_root(base_url)}/rerank",
+            {"model": served_name(name, model), "query": query, "documents": documents,
+             "return_documents": False})
+        return self.read_ranking(body, name, model, len(documents))
+
+    def read_ranking(self, body: Any, name: str, model: ModelConfig, expected: int) -> Scores:
+        """A ranking (``results``) or a score list (vLLM's ``/score``: ``data``), verified to
+        name the model asked for."""
+        asked = served_name(name, model)
+        where = f"upstream {self.name!r}"
+        with reading(where):
+            items = body["results"] if "results" in body else body["data"]
+            if not isinstance(items, list):
+                raise UpstreamFailed(f"{where} returned no 'results' list")
+            got = body.get("model")
+            if got not in self.answers_as(asked, model, name):
+                raise model_mismatch(self, asked, got, "scores")
+            usage = body.get("usage") or {}
+            tokens = token_count(usage.get("prompt_tokens", usage.get("total_tokens")), where)
+            return Scores(scores_by_index(items, expected, where), tokens)
+
     async def probe(self, base_url: str, timeout: float) -> Probe:
         body = await self._models(base_url, timeout)
         with reading(f"upstream {self.name!r} /v1/models"):
             ids = {str(m["id"]) for m in body["data"]}
+            for card in body["data"]:  # Ollama's ids carry their tag: bge-m3:latest
+                for name in {str(card["id"]), str(card["id"]).removesuffix(":latest")}:
+                    self.tasks[name] = _task(card)
             by_root: dict[str, set[str]] = {}
             for card in body["data"]:  # vLLM: one card per served name, ``root`` the weights
                 if isinstance(card, dict) and card.get("root"):
@@ -96,3 +129,11 @@ class OpenAIBackend(Backend):
                    if i.endswith(":latest")]
         ids |= {i.removesuffix(":latest") for i in ids}
         return self.check_served(ids, ", ".join(sorted(ids)) or "no models", groups)
+
+
+def _task(card: Any) -> Task | None:
+    """Infinity's ``capabilities`` say what a model does; other servers say nothing."""
+    capabilities = card.get("capabilities") if isinstance(card, dict) else None
+    if not isinstance(capabilities, list):
+        return None
+    return "rerank" if "rerank" in capabilities else "embed" if "embed" in capabilities else None

@@ -1,15 +1,30 @@
-"""Hugging Face text-embeddings-inference: ``/v1/embeddings`` with base64, ``/info``, ``/health``.
+"""Hugging Face text-embeddings-inference: ``/v1/embeddings`` with base64, ``/info``, ``/health``;
+rerankers at ``/rerank``.
 
 TEI's ``/v1/embeddings`` speaks the OpenAI shape (``model`` in the request is ignored, the
 response names the served model), so embedding is the OpenAI adapter's; what differs is how
 TEI says what it serves. It serves one model per process: ``/info`` tells which (``model_id``,
-or the ``--served-model-name``) and its client batch limit. Errors on ``/v1/embeddings`` are
-flat ``{"message","code","type"}``, on native routes ``{"error","error_type"}``.
+or the ``--served-model-name``), what it does (``model_type``: ``embedding``, ``reranker`` or
+``classifier``) and its client batch limit. Errors on ``/v1/embeddings`` are flat
+``{"message","code","type"}``, on native routes ``{"error","error_type"}``.
+
+``/rerank`` (``router/src/http/server.rs``) takes ``{"query", "texts", "raw_scores",
+"return_text", "truncate"}`` and answers ``[{"index", "score", "text"?}]`` sorted by score,
+naming no model: the adapter reads ``/info`` after each answer, and its scores are used only
+when that names the model asked for (a process serves one model for life, so an answer that
+came before ``/info`` named the model came from it). ``raw_scores: false`` asks for the
+sigmoid, as vLLM and Infinity give by default. ``truncate`` is left to TEI's
+``--auto-truncate``, as for embeddings.
 """
 
 from __future__ import annotations
 
-from .base import Probe, reading
+from typing import Any
+
+from ..config import ModelConfig, Task
+from ..errors import GatewayError, TaskMismatch
+from ..rerank_schemas import Scores
+from .base import Probe, model_mismatch, reading, scores_by_index, served_name
 from .openai import OpenAIBackend
 
 TEI_LIMITS = ("max_client_batch_size", "max_input_length", "max_batch_tokens",
@@ -24,10 +39,8 @@ class TEIBackend(OpenAIBackend):
     async def probe(self, base_url: str, timeout: float) -> Probe:
         await self.request_json("GET", f"{base_url}/health", timeout=timeout)
         info = await self.request_json("GET", f"{base_url}/info", timeout=timeout)
+        serving = self._read_info(info)
         with reading(f"upstream {self.name!r} /info"):
-            serving = {str(info["model_id"])}
-            if info.get("served_model_name"):
-                serving.add(str(info["served_model_name"]))
             limit = info.get("max_client_batch_size")
             self.limits = {key: info.get(key) for key in TEI_LIMITS}
         if isinstance(limit, int) and limit > 0:
@@ -37,3 +50,40 @@ class TEIBackend(OpenAIBackend):
             self.inflight_input_ceiling = permits
         # /v1/embeddings answers with served_model_name: one model under either name
         return self.check_served(serving, str(info.get("model_id")), [frozenset(serving)])
+
+    def _read_info(self, info: Any) -> set[str]:
+        """The names ``/info`` reports the model by; what it does is noted under each."""
+        with reading(f"upstream {self.name!r} /info"):
+            serving = {str(info["model_id"])}
+            if info.get("served_model_name"):
+                serving.add(str(info["served_model_name"]))
+            model_type = info.get("model_type")
+        task: Task | None = None
+        if isinstance(model_type, dict):
+            task = "rerank" if "reranker" in model_type else (
+                "embed" if "embedding" in model_type else None)
+        for name in serving:
+            self.tasks[name] = task
+        return serving
+
+    async def rerank(self, base_url: str, name: str, model: ModelConfig, query: str,
+                     documents: list[str]) -> Scores:
+        body = await self.request_json(
+            "POST", f"{base_url}/rerank",
+            {"query": query, "texts": documents, "raw_scores": False, "return_text": False})
+        where = f"upstream {self.name!r}"
+        with reading(where):
+            if not isinstance(body, list):
+                raise TypeError(f"expected a list of ranks, got {type(body).__name__}")
+            scores = scores_by_index(body, len(documents), where)
+        serving = self._read_info(await self.request_json("GET", f"{base_url}/info"))
+        asked = served_name(name, model)
+        if not serving & self.answers_as(asked, model, name):
+            raise model_mismatch(self, asked, ", ".join(sorted(serving)), "scores")
+        return Scores(scores, 0)  # TEI counts tokens only in x-compute-tokens headers
+
+    def translate_error(self, status: int, body: Any, raw: bytes) -> GatewayError:
+        text = self.error_text(body, raw)
+        if status == 424 and ("not a re-ranker" in text or "not an embedding" in text):
+            return TaskMismatch(f"upstream {self.name!r}: {text}", param="model")
+        return super().translate_error(status, body, raw)

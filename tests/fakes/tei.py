@@ -1,4 +1,12 @@
-"""A fake text-embeddings-inference 1.9 server (router/src/http/server.rs, types.rs)."""
+"""A fake text-embeddings-inference 1.9 server (router/src/http/server.rs, types.rs).
+
+``model_type="reranker"`` serves a cross-encoder: ``/rerank`` (``RerankRequest``: query, texts,
+truncate, raw_scores, return_text → ``[Rank {index, text?, score}]`` sorted by score; an empty
+``texts`` is 400 Empty, a batch over ``max_client_batch_size`` 422 Validation, each text
+waits for its permit (``acquire_permit``, no 429)), and its embedding routes answer 424
+"model is not an embedding model", as an embedding model's ``/rerank`` answers 424 "model is
+not a re-ranker model". ``/info`` reports ``model_type`` accordingly.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ import base64
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from aiohttp import web
@@ -23,6 +31,7 @@ from tests.fakes import (
     install_state,
     run_cli,
 )
+from tests.fakes.scores import fake_score
 from tests.fakes.vectors import Item, count_tokens, cut, fake_vectors
 
 VERSION = "1.9.0"
@@ -48,6 +57,7 @@ class TeiState(FakeState):
     auto_truncate: bool = True
     served_model_name: str | None = None
     api_key: str | None = None
+    model_type: Literal["embedding", "reranker"] = "embedding"
     in_flight: int = 0
     slots: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
 
@@ -89,6 +99,7 @@ def create_tei_app(
     max_concurrent_requests: int = 512,
     payload_limit: int = PAYLOAD_LIMIT,
     api_key: str | None = None,
+    model_type: Literal["embedding", "reranker"] = "embedding",
 ) -> web.Application:
     state = TeiState(
         model=model_id,
@@ -99,6 +110,7 @@ def create_tei_app(
         auto_truncate=auto_truncate,
         served_model_name=served_model_name,
         api_key=api_key,
+        model_type=model_type,
     )
     app = web.Application(client_max_size=payload_limit, middlewares=[_payload_limit])
     install_state(app, state)
@@ -110,6 +122,7 @@ def create_tei_app(
     app.router.add_post("/embed", embed)
     app.router.add_post("/v1/embeddings", openai_embed)
     app.router.add_post("/embeddings", openai_embed)
+    app.router.add_post("/rerank", rerank)
     return app
 
 
@@ -152,7 +165,10 @@ async def info(request: web.Request) -> web.Response:
             "model_id": state.model,
             "model_sha": None,
             "model_dtype": "float16",
-            "model_type": {"embedding": {"pooling": "cls"}},
+            "model_type": ({"reranker": {"id2label": {"0": "LABEL_0"},
+                                         "label2id": {"LABEL_0": 0}}}
+                           if state.model_type == "reranker"
+                           else {"embedding": {"pooling": "cls"}}),
             "max_concurrent_requests": state.max_concurrent_requests,
             "max_input_length": state.max_input_length,
             "max_batch_tokens": state.max_batch_tokens,
@@ -277,6 +293,8 @@ async def _embed(
     if failure is not None:
         status, payload, message = failure
         raise TeiError(status, message, payload if isinstance(payload, dict | list) else None)
+    if state.model_type != "embedding":
+        raise TeiError(424, "model is not an embedding model")
     parsed = parse_inputs(raw_inputs)
     if parsed is None:
         raise _Rejected("data did not match any variant of untagged enum Input")
@@ -322,17 +340,82 @@ async def _embed(
     return vectors, tokens
 
 
+async def rerank(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    state = request.app[TEI_STATE]
+    query, texts = body.get("query"), body.get("texts")
+    for name, value in (("query", query), ("texts", texts)):
+        if value is None:
+            return _rejection(f"missing field `{name}`")
+    if not isinstance(query, str):
+        return _rejection("query: invalid type: expected a string")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return _rejection("texts: invalid type: expected a sequence of strings")
+    try:
+        ranks = await _rerank(request, state, query, texts, body)
+    except TeiError as exc:
+        error = {"error": exc.message, "error_type": exc.error_type}
+        return web.json_response(error if exc.raw is None else exc.raw, status=exc.status)
+    return web.json_response(ranks)
+
+
+async def _rerank(request: web.Request, state: TeiState, query: str, texts: list[str],
+                  body: dict[str, Any]) -> list[dict[str, Any]]:
+    if not texts:
+        raise TeiError(400, "`texts` cannot be empty")
+    if state.model_type != "reranker":
+        raise TeiError(424, "model is not a re-ranker model")
+    await hold(request)
+    failure = fail_payload(state, lambda status: default_message(state, status))
+    if failure is not None:
+        status, payload, message = failure
+        raise TeiError(status, message, payload if isinstance(payload, dict | list) else None)
+    if len(texts) > state.max_client_batch_size:
+        raise TeiError(422, f"batch size {len(texts)} > maximum allowed batch size "
+                            f"{state.max_client_batch_size}")
+    truncate = body.get("truncate")
+    if not (state.auto_truncate if truncate is None else truncate):
+        for text in texts:
+            count = count_tokens(query) + count_tokens(text)
+            if count > state.max_input_length:
+                raise TeiError(422, "Input validation error: `inputs` must have less than "
+                                    f"{state.max_input_length} tokens. Given: {count}")
+
+    async def one() -> None:
+        async with _Permits(state, 1, wait=True):
+            if state.delay > 0:
+                await asyncio.sleep(state.delay)
+
+    await asyncio.gather(*(one() for _ in texts))
+    raw = body.get("raw_scores") is True
+    ranks = []
+    for index, text in enumerate(texts):
+        rank: dict[str, Any] = {"index": index}
+        if body.get("return_text") is True:
+            rank["text"] = text
+        rank["score"] = fake_score(state.model, query, text, raw=raw)
+        ranks.append(rank)
+    ranks.sort(key=lambda rank: rank["score"], reverse=True)
+    return ranks
+
+
 class _Permits:
     """TEI's concurrency permits, one per input (``router/src/infer.rs``: ``try_acquire_many``):
     a request that finds too few free is refused at once with 429, whatever its size."""
 
-    def __init__(self, state: TeiState, count: int) -> None:
+    def __init__(self, state: TeiState, count: int, *, wait: bool = False) -> None:
         self.state = state
         self.count = count
+        self.wait = wait  # ``acquire_permit`` (rerank) waits for one rather than refusing
 
     async def __aenter__(self) -> None:
         state = self.state
         async with state.slots:
+            if self.wait:
+                await state.slots.wait_for(
+                    lambda: state.max_concurrent_requests - state.in_flight >= self.count)
             if state.max_concurrent_requests - state.in_flight < self.count:
                 raise TeiError(429, "Model is overloaded")
             state.in_flight += self.count
@@ -358,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--payload-limit", type=int, default=PAYLOAD_LIMIT)
     parser.add_argument("--api-key")
+    parser.add_argument("--model-type", choices=["embedding", "reranker"], default="embedding",
+                        help="what the model is (TEI reads it from the model's config)")
 
     def build(args: argparse.Namespace) -> web.Application:
         return create_tei_app(
@@ -370,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_concurrent_requests=args.max_concurrent_requests,
             payload_limit=args.payload_limit,
             api_key=args.api_key,
+            model_type=args.model_type,
         )
 
     crash = (

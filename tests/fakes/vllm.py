@@ -1,6 +1,16 @@
 """A fake vLLM OpenAI-compatible server for a pooling model (vllm/entrypoints/openai/):
 /v1/embeddings, /v1/models, /health, /version. Vectors are seeded with `model` (the path or
-repo vLLM loaded), whatever name it is served under."""
+repo vLLM loaded), whatever name it is served under.
+
+Scoring (``entrypoints/pooling/__init__.py``: the score router is there for ``embed`` and
+``score`` models; ``/v1/embeddings`` only for ``embed``): ``/score``, ``/v1/score``,
+``/rerank``, ``/v1/rerank``, ``/v2/rerank`` (``pooling/score/api_router.py``). A cross-encoder
+(``task="score"``) scores with the sigmoid of its logit (``use_activation: false``: the
+logit), an embedding model with the cosine of its vectors. Rerank answers every document
+(``top_n`` 0 = all) sorted by score, each with ``document: {text, multi_modal}``, named by
+the first served name (``pooling/scoring/serving.py``). ``legacy_score=True`` is a server
+from before ``/rerank``: only ``/v1/score``. A route that is not there is FastAPI's 404
+``{"detail": "Not Found"}``."""
 
 from __future__ import annotations
 
@@ -27,7 +37,8 @@ from tests.fakes import (
     pause,
     run_cli,
 )
-from tests.fakes.vectors import Item, count_tokens, cut, fake_vectors
+from tests.fakes.scores import fake_score
+from tests.fakes.vectors import Item, count_tokens, cut, fake_vector, fake_vectors
 
 VERSION = "0.11.0"
 MAX_BODY = 64 * 1024 * 1024
@@ -53,6 +64,7 @@ class VllmState(FakeState):
     error_shape: ErrorShape = "object"
     api_key: str | None = None
     created: int = 0
+    task: Literal["embed", "score"] = "embed"
 
 
 VLLM_STATE = web.AppKey("vllm_state", VllmState)
@@ -94,6 +106,8 @@ def create_vllm_app(
     served_model_name: str | list[str] | None = None,
     api_key: str | None = None,
     body_limit: int = MAX_BODY,  # vLLM has none of its own; a proxy in front of it may
+    task: Literal["embed", "score"] = "embed",
+    legacy_score: bool = False,
 ) -> web.Application:
     names = ([served_model_name] if isinstance(served_model_name, str)
              else list(served_model_name or [model]))
@@ -107,8 +121,9 @@ def create_vllm_app(
         error_shape=error_shape,
         api_key=api_key,
         created=int(time.time()),
+        task=task,
     )
-    app = web.Application(client_max_size=body_limit)
+    app = web.Application(client_max_size=body_limit, middlewares=[_fastapi_not_found])
     install_state(app, state)
     app[VLLM_STATE] = state
     app.middlewares.append(_api_key)
@@ -116,11 +131,26 @@ def create_vllm_app(
     app.router.add_get("/ping", health)
     app.router.add_get("/version", version)
     app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/embeddings", embeddings)
+    if task == "embed":
+        app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/score", score)
+    if not legacy_score:
+        app.router.add_post("/score", score)
+        for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+            app.router.add_post(path, rerank)
     return app
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _fastapi_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A route that is not there, as FastAPI answers it."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return web.json_response({"detail": "Not Found"}, status=404)
 
 
 @web.middleware
@@ -276,6 +306,69 @@ def _embed(state: VllmState, body: dict[str, Any]) -> web.Response:
     )
 
 
+async def score(request: web.Request) -> web.Response:
+    return await _scoring(request, "score")
+
+
+async def rerank(request: web.Request) -> web.Response:
+    return await _scoring(request, "rerank")
+
+
+async def _scoring(request: web.Request, kind: str) -> web.Response:
+    state = request.app[VLLM_STATE]
+    try:
+        body = await _body(request)
+        await pause(request)
+        failure = fail_payload(state, default_message)
+        if failure is not None:
+            status, payload, message = failure
+            if isinstance(payload, dict | list):
+                return web.json_response(payload, status=status)
+            raise VllmError(status, message)
+        name = body.get("model")
+        if name is not None and name not in state.served_names:
+            raise VllmError(404, f"The model `{name}` does not exist. "
+                                 f"Valid aliases: {', '.join(state.served_names)}.")
+        if kind == "rerank":
+            query, documents = body.get("query"), body.get("documents")
+        else:
+            query, documents = body.get("text_1"), body.get("text_2")
+        if not isinstance(query, str):
+            raise invalid("query" if kind == "rerank" else "text_1", "Input should be a string")
+        documents = [documents] if isinstance(documents, str) else documents
+        if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
+            raise invalid("documents" if kind == "rerank" else "text_2",
+                          "Input should be a list of strings")
+        raw = body.get("use_activation") is False
+        scores = [_pair_score(state, query, document, raw) for document in documents]
+        tokens = sum(count_tokens(query) + count_tokens(d) for d in documents)
+    except VllmError as exc:
+        return error_response(state, exc.status, exc.message)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    if kind == "score":
+        data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
+        return web.json_response({
+            "id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+            "model": state.served_model_name, "data": data,
+            "usage": {**usage, "completion_tokens": 0, "prompt_tokens_details": None}})
+    results = [{"index": i, "document": {"text": d, "multi_modal": None}, "relevance_score": s}
+               for i, (d, s) in enumerate(zip(documents, scores, strict=True))]
+    results.sort(key=lambda item: item["relevance_score"], reverse=True)
+    top_n = body.get("top_n") or 0
+    if 0 < top_n < len(documents):
+        results = results[:top_n]
+    return web.json_response({"id": f"score-{uuid.uuid4().hex}",
+                              "model": state.served_model_name, "usage": usage,
+                              "results": results})
+
+
+def _pair_score(state: VllmState, query: str, document: str, raw: bool) -> float:
+    if state.task == "score":
+        return fake_score(state.model, query, document, raw=raw)
+    return float(np.dot(fake_vector(state.model, query, state.dims),
+                        fake_vector(state.model, document, state.dims)))
+
+
 def _truncation(state: VllmState, value: Any) -> int | None:
     if value is None:
         return None
@@ -309,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--matryoshka", action="store_true")
     parser.add_argument("--error-shape", choices=["object", "nested"], default="object")
     parser.add_argument("--api-key")
+    parser.add_argument("--runner-task", choices=["embed", "score"], default="embed",
+                        help="what the model is (vLLM reads it from the model's config)")
 
     def build(args: argparse.Namespace) -> web.Application:
         model = args.model or args.model_tag
@@ -322,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             error_shape=args.error_shape,
             served_model_name=args.served_model_name,
             api_key=args.api_key,
+            task=args.runner_task,
         )
 
     crash = (
