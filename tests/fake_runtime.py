@@ -4,7 +4,8 @@ Knobs are keyed by the model argument (what fills ``{model}``): ``start_delay`` 
 before the port is bound, alive meanwhile), ``fail_start`` (``start`` raises),
 ``exit_at_once`` (the instance is dead at once and its logs are these lines), ``serve_as``
 (report another model id), ``request_delay`` (every embedding request takes this long),
-``stop_delay`` (how long stopping an instance takes).
+``stop_delay`` (how long stopping an instance takes); models in ``rerankers`` are served as
+TEI serves a cross-encoder (``/rerank``, ``model_type`` reranker in ``/info``).
 ``kill`` ends an instance from outside. ``starts``, ``stops`` and ``removed`` record calls.
 """
 
@@ -41,6 +42,7 @@ class FakeRuntime:
         self.exit_at_once: dict[str, list[str]] = {}
         self.serve_as: dict[str, str] = {}
         self.request_delay: dict[str, float] = {}
+        self.rerankers: set[str] = set()
         self.existing: list[FoundInstance] = []
         self.starts: list[str] = []
         self.stops: list[str] = []
@@ -108,7 +110,8 @@ class FakeRuntime:
         await self._bind(instance, instance.model)
 
     async def _bind(self, instance: _Instance, model: str) -> None:
-        app = create_tei_app(self.serve_as.get(model, model))
+        app = create_tei_app(self.serve_as.get(model, model),
+                             model_type="reranker" if model in self.rerankers else "embedding")
         app[TEI_STATE].delay = self.request_delay.get(model, 0.0)
         runner = web.AppRunner(app, shutdown_timeout=1.0)
         await runner.setup()
