@@ -1,22 +1,26 @@
-"""``embedding-gateway serve | check-config``: logging, the server, signals and sd_notify."""
+"""``embedding-gateway serve | check-config | models | pull | prefetch``: arguments, logging,
+the server, signals and sd_notify. The operator commands live in ``commands/``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from typing import IO
 
+import attrs
 import orjson
 import structlog
 from aiohttp import web
 
 from .app import create_app
 from .config import GatewayConfig, load_config
+from .config_search import CONFIG_VARIABLE, SEARCH_ORDER, find_config
 from .connections import listen
 from .errors import ConfigError
 from .state import GATEWAY, Gateway
@@ -55,8 +59,9 @@ class LogSink:
     debug = info = warning = warn = error = critical = exception = fatal = failure = msg
 
 
-def configure_logging(level: str = "info") -> None:
-    """JSON lines off a TTY (journald, files), a readable console on a TTY.
+def configure_logging(level: str = "info", stream: IO[bytes] | None = None) -> None:
+    """JSON lines off a TTY (journald, files), a readable console on a TTY; to stdout unless
+    ``stream`` says otherwise.
 
     JSON lines are rendered by orjson straight to bytes and written to stdout's buffer in one
     write each: the request log line is on every request's path.
@@ -66,7 +71,7 @@ def configure_logging(level: str = "info") -> None:
         renderer = structlog.dev.ConsoleRenderer()
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-    sink = LogSink(sys.stdout.buffer)
+    sink = LogSink(stream or sys.stdout.buffer)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -95,6 +100,31 @@ def check_config(path: str) -> int:
     return 0
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("embedding-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
+def with_address(config: GatewayConfig, host: str | None, port: int | None) -> GatewayConfig:
+    """``serve --host/--port`` over the file's ``server.host`` / ``server.port``."""
+    server = config.server
+    server = attrs.evolve(server, host=server.host if host is None else host,
+                          port=server.port if port is None else port)
+    return attrs.evolve(config, server=server)
+
+
 async def wait_for_preloads(gateway: Gateway, stop: asyncio.Event, notifier: Notifier) -> None:
     """Until the preload models are loaded, or a stop signal comes first."""
     preload = asyncio.create_task(gateway.wait_preloaded())
@@ -108,7 +138,8 @@ async def wait_for_preloads(gateway: Gateway, stop: asyncio.Event, notifier: Not
     preload.cancel()
 
 
-async def serve(path: str, config: GatewayConfig) -> int:
+async def serve(path: str, config: GatewayConfig, host: str | None = None,
+                port: int | None = None) -> int:
     notifier = Notifier()
     # Handlers go in before READY=1: systemd may signal as soon as it sees READY, and the
     # default actions of SIGTERM and SIGHUP end the process without draining or stopping
@@ -145,7 +176,7 @@ async def serve(path: str, config: GatewayConfig) -> int:
 
     async def reload_once() -> None:
         try:
-            new_config = load_config(path)
+            new_config = with_address(load_config(path), host, port)
         except ConfigError as exc:
             log.error("reload_rejected", problems=exc.problems)
             return
@@ -194,31 +225,95 @@ async def serve(path: str, config: GatewayConfig) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+COMMANDS = {
+    "serve": "run the gateway",
+    "check-config": "validate a config file and list every error",
+    "models": "list the configured models and their state (from the running gateway if one "
+              "answers, else from the file)",
+    "pull": "pull every model of every Ollama backend through Ollama's /api/pull",
+    "prefetch": "start each managed model once, so its weights are downloaded, then stop it "
+                "(while no gateway of this config runs)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embedding-gateway",
         description="One OpenAI-compatible /v1/embeddings endpoint over Ollama, TEI and vLLM.",
+        epilog=f"The config file: {SEARCH_ORDER}.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("serve", "run the gateway"),
-                            ("check-config", "validate a config file and list every error")):
-        cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("--config", "-c", required=True, help="path to the YAML config")
+    for name, help_text in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text,
+                             epilog=f"The config file: {SEARCH_ORDER}.")
+        cmd.add_argument("--config", "-c", default=None,
+                         help=f"path to the YAML config (default: ${CONFIG_VARIABLE}, "
+                              "/etc/embedding-gateway/config.yaml, ./config.yaml)")
         if name == "serve":
+            cmd.add_argument("--host", default=None, help="listen here instead of server.host")
+            cmd.add_argument("--port", type=port_number, default=None,
+                             help="listen here instead of server.port")
             cmd.add_argument("--log-level", default="info",
                              choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
+        if name == "models":
+            cmd.add_argument("--url", default=None,
+                             help="the gateway to ask (default: server.host and server.port)")
+    return parser
+
+
+def run_command(command: str, config: GatewayConfig, args: argparse.Namespace) -> int:
+    """``models``, ``pull`` and ``prefetch``: the summary on stdout, the exit status back."""
+    from .commands import models, prefetch, pull
+
+    if command == "models":
+        text, status = asyncio.run(models.list_models(config, args.url))
+    elif command == "pull":
+        text, status = pull.summary(asyncio.run(pull.pull_all(config)))
+    else:
+        url = models.gateway_url(config)
+        if asyncio.run(models.answers(url)):
+            print(f"a gateway answers at {url}: stop it first (prefetch would start instances "
+                  "on its ports and container names)", file=sys.stderr)
+            return 2
+        # the summary says what failed and why; the supervisor's own lines would repeat it
+        configure_logging("critical", sys.stderr.buffer)
+        from .state import default_runtime
+
+        text, status = prefetch.summary(asyncio.run(prefetch.prefetch_all(config,
+                                                                          default_runtime)))
+    print(text)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        path = find_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc.problems[0]}", file=sys.stderr)
+        return 1
     if args.command == "check-config":
-        return check_config(args.config)
+        return check_config(path)
+    if args.command != "serve":
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            return 1
+        with contextlib.suppress(KeyboardInterrupt):
+            return run_command(args.command, config, args)
+        return 130
     configure_logging(args.log_level)
     try:
-        config = load_config(args.config)
+        config = with_address(load_config(path), args.host, args.port)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config_error", problem=problem)
         return 1
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve(args.config, config))
+        return asyncio.run(serve(path, config, args.host, args.port))
     return 130
 
 

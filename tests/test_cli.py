@@ -107,7 +107,7 @@ async def test_serve_answers_logs_json_and_stops_on_sigterm(tmp_path: Path) -> N
     assert denied["status"] == 401
 
 
-@pytest.mark.parametrize("args", [["serve"], ["serve", "--config"], ["frobnicate"]])
+@pytest.mark.parametrize("args", [["serve", "--port"], ["serve", "--config"], ["frobnicate"]])
 async def test_bad_command_lines_fail(args: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(
         *command(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
