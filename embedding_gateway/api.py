@@ -1,5 +1,5 @@
 """Thin handlers: ``/v1/embeddings``, ``/v1/rerank`` (also ``/rerank``), ``/v1/models``,
-``/health``, ``/health/ready``, ``/metrics``."""
+``/v1/models/{model}``, ``/health``, ``/health/ready``, ``/metrics``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from aiohttp import web
 
 from .errors import InvalidRequest, RequestTimeout
 from .rerank_schemas import parse_rerank_request, rerank_response_body
+from .router import Route, Router
 from .schemas import parse_embedding_request, response_body, response_chunks
-from .state import AUTHORIZED, GATEWAY, LOG_FIELDS
+from .state import AUTHORIZED, GATEWAY, LOG_FIELDS, Gateway
 
 STREAM_ABOVE_VALUES = 64 * 1024  # responses with more floats than this are written in pieces
 STARTED = int(time.time())
@@ -85,28 +86,38 @@ async def rerank(request: web.Request) -> web.Response:
                         content_type="application/json")
 
 
+def model_entry(gateway: Gateway, router: Router, name: str, route: Route) -> dict[str, Any]:
+    """OpenAI's model object for ``name``, and where and how the gateway serves it."""
+    upstream = gateway.upstreams[route.backend]
+    return {
+        "id": name,
+        "object": "model",
+        "created": STARTED,
+        "owned_by": "embedding-gateway",
+        "backend": route.backend,
+        "kind": upstream.backend.config.kind,
+        "alias_of": route.alias_of,
+        "dimensions": route.options.dimensions,
+        "matryoshka": route.options.matryoshka,
+        "task": router.task(route),
+        "managed": upstream.managed,
+        **upstream.model_state(route.model).as_dict(),
+    }
+
+
 async def models(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    data = []
     router = gateway.routes()
-    for name, route in {**router.routes, **router.discovered_routes()}.items():
-        upstream = gateway.upstreams[route.backend]
-        state = upstream.model_state(route.model)
-        data.append({
-            "id": name,
-            "object": "model",
-            "created": STARTED,
-            "owned_by": "embedding-gateway",
-            "backend": route.backend,
-            "kind": upstream.backend.config.kind,
-            "alias_of": route.alias_of,
-            "dimensions": route.options.dimensions,
-            "matryoshka": route.options.matryoshka,
-            "task": router.task(route),
-            "managed": upstream.managed,
-            **state.as_dict(),
-        })
+    data = [model_entry(gateway, router, name, route)
+            for name, route in {**router.routes, **router.discovered_routes()}.items()]
     return json_response({"object": "list", "data": data})
+
+
+async def model(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    name = request.match_info["model"]
+    router = gateway.routes()
+    return json_response(model_entry(gateway, router, name, router.resolve(name)))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -166,6 +177,8 @@ def add_routes(app: web.Application, *, debug: bool = False) -> None:
     add_post("/v1/rerank", rerank, expect_handler=expect_continue)
     add_post("/rerank", rerank, expect_handler=expect_continue)
     add_get("/v1/models", models, expect_handler=expect_continue)
+    # model names hold slashes (intfloat/multilingual-e5-small), as OpenAI's fine-tunes do colons
+    add_get("/v1/models/{model:.+}", model, expect_handler=expect_continue)
     add_get("/health", health, expect_handler=expect_continue)
     add_get("/health/ready", ready, expect_handler=expect_continue)
     add_get("/metrics", metrics, expect_handler=expect_continue)

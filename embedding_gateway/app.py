@@ -16,6 +16,7 @@ from .config import GatewayConfig
 from .http_client import HttpClient
 from .metrics import Metrics
 from .middlewares import serve, stamp_request_id
+from .pages import setup_pages, setup_templates
 from .state import GATEWAY, Gateway, RuntimeFactory, default_runtime
 
 
@@ -46,6 +47,8 @@ def create_app(
 
     app.cleanup_ctx.append(gateway_ctx)
     api.add_routes(app, debug=config.server.debug_endpoints)
+    setup_templates(app)
+    setup_pages(app)
     if config.server.playground:
         from .playground import PLAYGROUND_CONTEXT, setup_playground
 

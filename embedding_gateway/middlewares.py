@@ -34,7 +34,8 @@ log = structlog.get_logger("embedding_gateway.request")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC_PATHS = ("/health", "/health/ready", "/playground", "/favicon.ico")
+PUBLIC_PATHS = ("/health", "/health/ready", "/playground", "/favicon.ico", "/", "/docs",
+                "/openapi.json")
 CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
