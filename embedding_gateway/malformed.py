@@ -77,9 +77,11 @@ class EnvelopedRequestHandler(RequestHandler):
 def refuse(request: web.BaseRequest, error: GatewayError) -> web.Response:
     """``error`` rendered and logged for a request that the middleware never saw; the
     connection is closed after it (what follows on it cannot be trusted)."""
+    request_id = os.urandom(16).hex()
     response = render_error(error)
+    response.headers["X-Request-ID"] = request_id  # as every other answer carries its id
     response.force_close()
-    log_request(request, os.urandom(16).hex(), error.status, 0.0, {"error": error.message})
+    log_request(request, request_id, error.status, 0.0, {"error": error.message})
     return response
 
 

@@ -27,6 +27,7 @@ from tests.ports import free_port
 
 KEY = "sk-openapi-test"
 E5 = "intfloat/multilingual-e5-small"
+RERANKER = "BAAI/bge-reranker-base"
 MAX_INPUTS = 4
 
 
@@ -113,9 +114,9 @@ def path_arguments(exchange: Exchange, template: str | None) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def gateway_client(*, api_keys: list[str], down: bool) -> AsyncIterator[tuple[Client, Any]]:
-    """A gateway with TEI (e5-small, alias e5), vLLM (token ids, Matryoshka), a TEI whose every
-    embedding fails and, if ``down``, a backend nobody listens on; and a client for it that
-    has validated the app's own /openapi.json."""
+    """A gateway with TEI (e5-small, alias e5), vLLM (token ids, Matryoshka), a TEI reranker,
+    a TEI whose every embedding fails and, if ``down``, a backend nobody listens on; and a
+    client for it that has validated the app's own /openapi.json."""
     broken = create_tei_app("BAAI/bge-small-en-v1.5", dims=384)
     broken[FAKE_STATE].fail = (424, "Backend error: Inference failed")
     async with contextlib.AsyncExitStack() as stack:
@@ -123,11 +124,15 @@ async def gateway_client(*, api_keys: list[str], down: bool) -> AsyncIterator[tu
         vllm = await stack.enter_async_context(
             serve_fake(create_vllm_app("jina-v3", dims=64, matryoshka=True)))
         failing = await stack.enter_async_context(serve_fake(broken))
+        reranker = await stack.enter_async_context(serve_fake(
+            create_tei_app(RERANKER, model_type="reranker")))
         backends: dict[str, Any] = {
             "tei": {"kind": "tei", "base_url": tei,
                     "models": {E5: {"aliases": ["e5"], "dimensions": 384}}},
             "vllm": {"kind": "vllm", "base_url": vllm,
                      "models": {"jina-v3": {"dimensions": 64, "matryoshka": True}}},
+            "rerank": {"kind": "tei", "base_url": reranker,
+                       "models": {RERANKER: {"aliases": ["reranker"]}}},
             "broken": {"kind": "tei", "base_url": failing,
                        "models": {"BAAI/bge-small-en-v1.5": {"aliases": ["broken"]}}},
         }
@@ -208,6 +213,37 @@ async def test_every_answer_of_a_gateway_with_keys_matches_the_document() -> Non
         assert others[6].status == 400
         assert orjson.loads(others[0].response_body)["error"]["code"] == "model_not_found"
 
+        docs = ["Seoul is sunny.", {"text": "Markets fell."}, "It rains in Busan."]
+        ranked = [
+            await call("POST", "/v1/rerank", json={"model": "reranker", "query": "weather",
+                                                    "documents": docs}),
+            await call("POST", "/rerank", json={"model": RERANKER, "query": "weather",
+                                                 "documents": docs, "top_n": 2,
+                                                 "return_documents": True}),
+        ]
+        assert [e.status for e in ranked] == [200, 200] and all(valid(e) for e in ranked)
+        assert len(orjson.loads(ranked[1].response_body)["results"]) == 2
+        rerank_refused = [
+            await call("POST", "/v1/rerank", json={"model": "reranker", "query": "",
+                                                    "documents": docs}),
+            await call("POST", "/v1/rerank", json={"model": "reranker", "query": "q",
+                                                    "documents": []}),
+            await call("POST", "/v1/rerank", json={"model": "reranker", "query": "q",
+                                                    "documents": docs, "top_n": 0}),
+            await call("POST", "/v1/rerank", json={"model": "reranker", "query": "q",
+                                                    "documents": ["d"] * (MAX_INPUTS + 1)}),
+        ]
+        assert [e.status for e in rerank_refused] == [400, 400, 400, 413]
+        assert not any(valid(e) for e in rerank_refused)
+        wrong_task = [
+            await call("POST", "/v1/rerank", json={"model": "e5", "query": "q",
+                                                    "documents": docs}),
+            await call("POST", "/v1/embeddings", json={"model": "reranker", "input": "x"}),
+            await call("POST", "/rerank", json={"model": "nope", "query": "q",
+                                                 "documents": docs}),
+        ]
+        assert [e.status for e in wrong_task] == [400, 400, 404]
+
         listed = await call("GET", "/v1/models")
         ids = [m["id"] for m in orjson.loads(listed.response_body)["data"]]
         assert {"e5", E5, "jina-v3", "broken"} <= set(ids)
@@ -227,6 +263,8 @@ async def test_every_answer_of_a_gateway_with_keys_matches_the_document() -> Non
         assert (await call("GET", "/health/ready", key=False)).status == 200
         assert (await call("GET", "/metrics")).status == 200
         assert (await call("GET", "/metrics", key=False)).status == 401
+        unmet = await call("GET", "/health", headers={"Expect": "the-unexpected"})
+        assert unmet.status == 417 and "X-Request-ID" in unmet.response_headers
         for page in ("/", "/docs", "/playground", "/openapi.json"):
             assert (await call("GET", page, key=False)).status == 200
         blocked = await call("POST", "/debug/block-loop", query={"seconds": "0"})

@@ -1,0 +1,231 @@
+"""The component schemas of the OpenAPI document: request and response bodies and the error
+envelope, read from the code that defines them where it can be (``openapi`` assembles the
+document)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from .config import GatewayConfig, Task
+from .errors import GatewayError
+from .schemas import EncodingFormat
+from .upstream import ModelState
+
+REF = "#/components/schemas/"
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": REF + name}
+
+
+_JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number"}
+
+
+def _dataclass_schema(cls: type) -> dict[str, Any]:
+    """A JSON schema for a flat dataclass of str / bool / int / float fields, optional or not."""
+    hints = typing.get_type_hints(cls)
+    properties: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds = [_JSON_TYPES[a] for a in args if a is not type(None)]
+        nullable = type(None) in args
+        properties[field.name] = {"type": [*kinds, "null"] if nullable else kinds[0]}
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def _error_classes() -> list[type[GatewayError]]:
+    found: list[type[GatewayError]] = []
+    pending: list[type[GatewayError]] = [GatewayError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def _error_schema() -> dict[str, Any]:
+    error_types = sorted({cls.type for cls in _error_classes()})
+    return {
+        "type": "object",
+        "required": ["error"],
+        "description": "OpenAI's error envelope; every error the gateway answers has this shape.",
+        "properties": {"error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string", "enum": error_types},
+                "param": {"type": ["string", "null"],
+                          "description": "The request field at fault, when there is one."},
+                "code": {"type": ["string", "null"],
+                         "description": "A machine-readable reason such as `model_not_found`."},
+            },
+        }},
+    }
+
+
+def component_schemas(config: GatewayConfig) -> dict[str, Any]:
+    max_inputs = config.server.limits.max_inputs
+    token_ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+    model_state = _dataclass_schema(ModelState)
+    return {
+        "Error": _error_schema(),
+        "EmbeddingRequest": {
+            "type": "object",
+            "required": ["model", "input"],
+            "properties": {
+                "model": {"type": "string", "minLength": 1,
+                          "description": "A model name or alias from `GET /v1/models`."},
+                "input": {"description": "One text, texts, one token id array or token id "
+                                         f"arrays; at most {max_inputs} inputs.",
+                          "oneOf": [
+                              {"type": "string", "minLength": 1},
+                              {"type": "array", "minItems": 1, "maxItems": max_inputs,
+                               "items": {"type": "string", "minLength": 1}},
+                              token_ids,
+                              {"type": "array", "minItems": 1, "maxItems": max_inputs,
+                               "items": token_ids},
+                          ]},
+                "encoding_format": {
+                    "type": ["string", "null"], "default": "float",
+                    "enum": [*typing.get_args(EncodingFormat), None],
+                    "description": "`base64` is little-endian float32, as OpenAI's SDK asks."},
+                "dimensions": {"type": ["integer", "null"], "minimum": 1,
+                               "description": "Matryoshka models only: the first N values, "
+                                              "L2-renormalised."},
+                "user": {"type": "string"},
+            },
+        },
+        "Embedding": {
+            "type": "object",
+            "required": ["object", "index", "embedding"],
+            "properties": {
+                "object": {"const": "embedding"},
+                "index": {"type": "integer", "minimum": 0},
+                "embedding": {"oneOf": [
+                    {"type": "array", "items": {"type": "number"}},
+                    {"type": "string", "contentEncoding": "base64"},
+                ]},
+            },
+        },
+        "EmbeddingResponse": {
+            "type": "object",
+            "required": ["object", "data", "model", "usage"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": ref("Embedding")},
+                "model": {"type": "string", "description": "The name the client sent."},
+                "usage": ref("Usage"),
+            },
+        },
+        "RerankRequest": {
+            "type": "object",
+            "required": ["model", "query", "documents"],
+            "properties": {
+                "model": {"type": "string", "minLength": 1,
+                          "description": "A reranker's name or alias from `GET /v1/models`."},
+                "query": {"type": "string", "minLength": 1},
+                "documents": {
+                    "type": "array", "minItems": 1, "maxItems": max_inputs,
+                    "items": {"oneOf": [
+                        {"type": "string", "minLength": 1},
+                        {"type": "object", "required": ["text"],
+                         "properties": {"text": {"type": "string", "minLength": 1}}},
+                    ]},
+                },
+                "top_n": {"type": ["integer", "null"], "minimum": 1,
+                          "description": "Keep the n best; all when absent."},
+                "return_documents": {"type": ["boolean", "null"], "default": False},
+            },
+        },
+        "RerankResponse": {
+            "type": "object",
+            "required": ["object", "model", "results", "usage"],
+            "properties": {
+                "object": {"const": "rerank"},
+                "model": {"type": "string", "description": "The name the client sent."},
+                "results": {
+                    "type": "array",
+                    "description": "Best first; `index` is the document's place in the request.",
+                    "items": {
+                        "type": "object", "required": ["index", "relevance_score"],
+                        "properties": {
+                            "index": {"type": "integer", "minimum": 0},
+                            "relevance_score": {"type": "number"},
+                            "document": {"type": "object", "required": ["text"],
+                                         "properties": {"text": {"type": "string"}}},
+                        },
+                    },
+                },
+                "usage": ref("Usage"),
+            },
+        },
+        "Usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],
+                  "properties": {"prompt_tokens": {"type": "integer", "minimum": 0},
+                                 "total_tokens": {"type": "integer", "minimum": 0}}},
+        "ModelState": model_state,
+        "Model": {
+            "description": "OpenAI's model object, and where and how the gateway serves it.",
+            "allOf": [ref("ModelState"), {
+                "type": "object",
+                "required": ["id", "object", "created", "owned_by", "backend", "kind",
+                             "alias_of", "dimensions", "matryoshka", "task", "managed"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"const": "model"},
+                    "created": {"type": "integer"},
+                    "owned_by": {"type": "string"},
+                    "backend": {"type": "string"},
+                    "kind": {"type": "string", "enum": ["ollama", "tei", "vllm", "openai"]},
+                    "alias_of": {"type": ["string", "null"]},
+                    "dimensions": {"type": ["integer", "null"]},
+                    "matryoshka": {"type": "boolean"},
+                    "task": {"enum": [*typing.get_args(Task), None],
+                             "description": "What the model does; null until the upstream "
+                                            "has said (TEI, Infinity)."},
+                    "managed": {"type": "boolean"},
+                },
+            }],
+        },
+        "ModelList": {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {"object": {"const": "list"},
+                           "data": {"type": "array", "items": ref("Model")}},
+        },
+        "BackendHealth": {
+            "type": "object",
+            "required": ["kind", "managed", "healthy", "reason", "models"],
+            "properties": {
+                "kind": {"type": "string"},
+                "managed": {"type": "boolean"},
+                "healthy": {"type": "boolean"},
+                "reason": {"type": ["string", "null"]},
+                "models": {"type": "object", "additionalProperties": ref("ModelState")},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "draining"],
+            "properties": {
+                "status": {"enum": ["ok", "degraded"]},
+                "draining": {"type": "boolean"},
+                "backends": {"type": "object", "additionalProperties": ref("BackendHealth"),
+                             "description": "Only with a valid key (or when none is set)."},
+            },
+        },
+        "Readiness": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"enum": ["ready", "not_ready"]},
+                "serving_backends": {"type": "array", "items": {"type": "string"},
+                                     "description": "Only with a valid key (or when none "
+                                                    "is set)."},
+            },
+        },
+    }
