@@ -48,10 +48,11 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(*, tei_batch: int = 4, vllm_legacy: bool = False) -> AsyncIterator[Stack]:
+async def stack(*, tei_batch: int = 4, vllm_legacy: bool = False, tei_permits: int = 512,
+                **tei_options: Any) -> AsyncIterator[Stack]:
     apps: dict[str, web.Application] = {
         "tei": create_tei_app(TEI_RERANKER, max_client_batch_size=tei_batch,
-                              model_type="reranker"),
+                              model_type="reranker", max_concurrent_requests=tei_permits),
         "tei-embed": create_tei_app(TEI_EMBEDDER),
         "vllm": create_vllm_app(VLLM_RERANKER, task="score", error_shape="nested",
                                 legacy_score=vllm_legacy),
@@ -66,7 +67,8 @@ async def stack(*, tei_batch: int = 4, vllm_legacy: bool = False) -> AsyncIterat
             return {"kind": kind, "base_url": urls[name], "models": models}
 
         config = {"backends": {
-            "tei": backend("tei", "tei", {TEI_RERANKER: {"aliases": ["bge-reranker"]}}),
+            "tei": {**backend("tei", "tei", {TEI_RERANKER: {"aliases": ["bge-reranker"]}}),
+                    **tei_options},
             "tei-embed": backend("tei-embed", "tei", {TEI_EMBEDDER: {}}),
             "vllm": backend("vllm", "vllm", {VLLM_RERANKER: {"task": "rerank"}}),
             "vllm-embed": backend("vllm-embed", "vllm", {VLLM_EMBEDDER: {}}),
@@ -104,6 +106,23 @@ async def test_tei_documents_beyond_its_batch_limit_are_split_and_ranked_globall
         assert sorted(len(call["texts"]) for call in calls) == [3, 3, 4]
         assert sorted(t for call in calls for t in call["texts"]) == sorted(DOCUMENTS)
         assert {call["raw_scores"] for call in calls} == {False}  # the sigmoid, as elsewhere
+
+
+@pytest.mark.parametrize(("bound", "peak"), [
+    ({"tei_permits": 5}, 4),  # TEI's max_concurrent_requests: inputs in flight
+    ({"max_concurrency": 1}, 4),  # the backend's calls in flight
+    ({"max_calls_per_request": 2}, 8),  # one request's calls in flight
+])
+async def test_rerank_calls_keep_within_the_backends_bounds(bound: dict[str, int],
+                                                            peak: int) -> None:
+    async with stack(tei_batch=4, **bound) as s:
+        s.apps["tei"][TEI_STATE].delay = 0.05
+        status, body = await s.rerank({"model": TEI_RERANKER, "query": QUERY,
+                                       "documents": DOCUMENTS + DOCUMENTS})
+        assert status == 200, body
+        assert_ranked(body, TEI_RERANKER, TEI_RERANKER, DOCUMENTS + DOCUMENTS)
+        assert len(s.calls("tei", "rerank")) == 5
+        assert s.apps["tei"][TEI_STATE].peak_in_flight == peak
 
 
 async def test_top_n_return_documents_and_object_documents() -> None:

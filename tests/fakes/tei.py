@@ -59,6 +59,7 @@ class TeiState(FakeState):
     api_key: str | None = None
     model_type: Literal["embedding", "reranker"] = "embedding"
     in_flight: int = 0
+    peak_in_flight: int = 0  # the most inputs it held permits for at once
     slots: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
 
 
@@ -419,6 +420,7 @@ class _Permits:
             if state.max_concurrent_requests - state.in_flight < self.count:
                 raise TeiError(429, "Model is overloaded")
             state.in_flight += self.count
+            state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
             state.slots.notify_all()
 
     async def __aexit__(self, *_: object) -> None:
