@@ -7,10 +7,13 @@ Modes:
   load      concurrency x batch-size sweep: requests/s, inputs/s, p50/p95/p99, errors by status
   overhead  the same requests to the gateway and straight to its upstream, in alternating
             slices: added latency per percentile, throughput ratio, gateway CPU and RSS
+  rerank    concurrency x document-count sweep of POST /v1/rerank: requests/s, documents/s,
+            p50/p95/p99; every answer checked to rank each document once, highest first
 
 Examples:
   python scripts/benchmark.py models --gateway http://127.0.0.1:8000
   python scripts/benchmark.py load --gateway http://127.0.0.1:8000 --models bge-m3 --duration 10
+  python scripts/benchmark.py rerank --gateway http://127.0.0.1:8000 --documents 1,16,64,256
   python scripts/benchmark.py overhead --gateway http://127.0.0.1:8000 --models fast-1024 \\
       --upstream http://127.0.0.1:18001 --gateway-pid $(pgrep -nf 'embedding-gateway serve')
 """
@@ -187,13 +190,12 @@ class Endpoint:
             raise SystemExit(f"GET {self.api}/models: {status} {error_message(body)}")
         return [entry for entry in orjson.loads(body).get("data", []) if "id" in entry]
 
-    async def embed(self, model: str, inputs: list[str]) -> Outcome:
-        payload = orjson.dumps({"model": model, "input": inputs, "encoding_format": self.encoding})
+    async def _post(self, path: str, payload: dict[str, Any]) -> Outcome:
+        data = orjson.dumps(payload)
         start = time.perf_counter()
         try:
-            async with self.session.post(
-                self.api + "/embeddings", data=payload, headers=self.headers
-            ) as resp:
+            async with self.session.post(self.api + path, data=data,
+                                         headers=self.headers) as resp:
                 body = await resp.read()
                 status: int | str = resp.status
         except TimeoutError:
@@ -201,6 +203,32 @@ class Endpoint:
         except aiohttp.ClientError as exc:
             status, body = type(exc).__name__, str(exc).encode()
         return Outcome(status, (time.perf_counter() - start) * 1000, body)
+
+    async def embed(self, model: str, inputs: list[str]) -> Outcome:
+        return await self._post("/embeddings", {"model": model, "input": inputs,
+                                                "encoding_format": self.encoding})
+
+    async def rerank(self, model: str, documents: list[str]) -> Outcome:
+        """One rerank of ``documents`` against a fixed query; an answer that does not rank
+        every document exactly once, highest score first, is an error (``bad_ranking``)."""
+        outcome = await self._post("/rerank", {"model": model, "query": RERANK_QUERY,
+                                               "documents": documents})
+        if outcome.ok and not is_ranking(outcome.body, len(documents)):
+            outcome.status = "bad_ranking"
+        return outcome
+
+
+RERANK_QUERY = "which passage is about semantic search and retrieval latency"
+
+
+def is_ranking(body: bytes, count: int) -> bool:
+    try:
+        results = orjson.loads(body)["results"]
+        indices = [item["index"] for item in results]
+        scores = [item["relevance_score"] for item in results]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return False
+    return sorted(indices) == list(range(count)) and scores == sorted(scores, reverse=True)
 
 
 Send = Callable[[list[str]], Awaitable[Outcome]]
@@ -374,12 +402,14 @@ def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-async def pick_models(gateway: Endpoint, wanted: list[str], all_models: bool) -> list[dict]:
+async def pick_models(gateway: Endpoint, wanted: list[str], all_models: bool,
+                      task: str = "embed") -> list[dict]:
     listed = await gateway.models()
     if wanted:
         by_id = {entry["id"]: entry for entry in listed}
         return [by_id.get(name, {"id": name}) for name in wanted]
-    listed = [entry for entry in listed if not entry.get("alias_of")]  # one entry a model
+    listed = [entry for entry in listed if not entry.get("alias_of")  # one entry a model
+              and (entry.get("task") or "embed") == task]
     if not listed:
         raise SystemExit(f"{gateway.api}/models lists no models; pass --models")
     return listed if all_models else listed[:1]
@@ -484,8 +514,10 @@ def check_shape(body: bytes | None, batch: int) -> int | None:
 async def run_load(
     args: argparse.Namespace, gateway: Endpoint, texts: Texts, results: dict[str, Any]
 ) -> None:
-    """Fills ``results`` cell by cell (an interrupted run keeps the finished cells)."""
-    entries = await pick_models(gateway, args.models, all_models=False)
+    """Fills ``results`` cell by cell (an interrupted run keeps the finished cells); in
+    ``rerank`` mode a cell's batch is its number of documents."""
+    task = "rerank" if args.mode == "rerank" else "embed"
+    entries = await pick_models(gateway, args.models, all_models=False, task=task)
     cells_plan = list(itertools.product(entries, args.concurrency, args.batch))
     progress = Progress(args.progress, len(cells_plan))
     ticker = asyncio.create_task(progress.run())
@@ -506,15 +538,16 @@ async def load_cells(
 ) -> None:
     warmup: dict[str, Any] = results.setdefault("warmup", {})
     cells: list[dict[str, Any]] = results.setdefault("cells", [])
+    send = gateway.rerank if args.mode == "rerank" else gateway.embed
     for entry in entries:
-        outcome = await gateway.embed(entry["id"], texts.batch(1))
+        outcome = await send(entry["id"], texts.batch(1))
         warmup[entry["id"]] = {"status": outcome.status, "ms": outcome.ms}
     for entry, concurrency, batch in cells_plan:
         model = entry["id"]
         progress.start(f"{model} c={concurrency} b={batch}", args.duration, timed=True)
         recorder = Recorder()
         sample = await closed_loop(
-            lambda inputs, m=model: gateway.embed(m, inputs),
+            lambda inputs, m=model: send(m, inputs),
             texts,
             concurrency,
             batch,
@@ -525,7 +558,7 @@ async def load_cells(
         )
         cell = {"model": model, "concurrency": concurrency, "batch": batch}
         cell |= recorder.summary()
-        cell["dims"] = check_shape(sample, batch)
+        cell["dims"] = None if args.mode == "rerank" else check_shape(sample, batch)
         cells.append(cell)
         progress.end(
             f"{cell['requests_per_s']:.1f} req/s, {cell['inputs_per_s']:.0f} inputs/s, "
@@ -713,6 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(fast_upstream.py --accelerator); a wrong row counts as an error",
     )
     modes.add_parser("load", parents=[common, sweep], help="concurrency x batch sweep")
+    rerank = modes.add_parser("rerank", parents=[common],
+                              help="concurrency x document-count sweep of /v1/rerank")
+    rerank.add_argument("--concurrency", type=int_list, default=[1, 8])
+    rerank.add_argument("--documents", dest="batch", type=int_list, default=[1, 16, 64],
+                        help="documents per request (comma-separated)")
+    rerank.set_defaults(verify=False)
     overhead = modes.add_parser(
         "overhead", parents=[common, sweep], help="gateway vs direct upstream, interleaved"
     )
@@ -747,6 +786,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 EMPTY_RESULTS: dict[str, Callable[[], dict[str, Any]]] = {
     "models": lambda: {"models": [], "swaps": []},
     "load": lambda: {"warmup": {}, "cells": []},
+    "rerank": lambda: {"warmup": {}, "cells": []},
     "overhead": lambda: {"cells": []},
 }
 
@@ -777,7 +817,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         gateway = Endpoint(session, args.gateway, args.api_key, args.encoding_format)
         if args.mode == "models":
             work = run_models(args, gateway, texts, results)
-        elif args.mode == "load":
+        elif args.mode in ("load", "rerank"):
             work = run_load(args, gateway, texts, results)
         else:
             upstream = Endpoint(session, args.upstream, args.upstream_api_key, args.encoding_format)

@@ -81,7 +81,7 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
             ]
             out.append(("Swaps", ["backend", "models", "n", "p50", "max", "errors"], swaps))
         return out
-    if report["mode"] == "load":
+    if report["mode"] in ("load", "rerank"):
         rows = [
             [
                 cell["model"],
@@ -97,6 +97,10 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
             ]
             for cell in results["cells"]
         ]
+        if report["mode"] == "rerank":  # a cell's batch is its documents per request
+            headers = ["model", "conc", "docs", "req/s", "docs/s", "p50", "p95", "p99",
+                       "errors", "cut off"]
+            return [("Rerank", headers, rows)]
         headers = ["model", "conc", "batch", "req/s", "inputs/s", "p50", "p95", "p99", "errors",
                    "cut off"]
         return [("Load", headers, rows)]
@@ -313,7 +317,8 @@ def charts(report: dict[str, Any]) -> list[str]:
             )
         return out
     cells = results["cells"]
-    if report["mode"] == "load":
+    if report["mode"] in ("load", "rerank"):
+        unit, size = ("docs/s", "docs") if report["mode"] == "rerank" else ("inputs/s", "batch")
         out = []
         for model in dict.fromkeys(cell["model"] for cell in cells):
             mine = [cell for cell in cells if cell["model"] == model]
@@ -328,7 +333,7 @@ def charts(report: dict[str, Any]) -> list[str]:
                 batches: list = batches,
             ) -> Series:
                 return {
-                    f"batch {b}": [
+                    f"{size} {b}": [
                         metric(by_key[(c, b)]) if (c, b) in by_key else None for c in concurrency
                     ]
                     for b in batches
@@ -337,8 +342,8 @@ def charts(report: dict[str, Any]) -> list[str]:
             labels = [f"c={c}" for c in concurrency]
             out.append(
                 line_chart(
-                    f"{model}: inputs/s by concurrency",
-                    "inputs/s",
+                    f"{model}: {unit} by concurrency",
+                    unit,
                     labels,
                     per_batch(lambda cell: cell["inputs_per_s"]),
                 )
