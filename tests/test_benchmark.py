@@ -270,25 +270,34 @@ def gateway(upstream: Server, tmp_path: Path) -> Iterator[tuple[str, int]]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, "the gateway exited"
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_healthy(url, proc)
         yield url, proc.pid
     finally:
-        proc.send_signal(signal.SIGTERM)
+        stop(proc)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``url``/health answers 200 (15 s at most); ``proc`` must not exit meanwhile."""
+    deadline = time.monotonic() + 15
+    while True:
+        assert proc.poll() is None, f"{proc.args} exited"
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            with urllib.request.urlopen(url + "/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def test_models_mode_through_the_gateway(gateway: tuple[str, int], tmp_path: Path) -> None:

@@ -4,11 +4,8 @@ No timing assertions."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,32 +13,9 @@ import pytest
 import yaml
 
 from tests.ports import free_port
-from tests.test_benchmark import SIDE, STATS, bench
+from tests.test_benchmark import SIDE, STATS, bench, stop, wait_healthy
 
 RERANKER = "BAAI/bge-reranker-v2-m3"
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        assert proc.poll() is None, f"{proc.args} exited"
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 @pytest.fixture
