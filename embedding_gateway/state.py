@@ -8,9 +8,11 @@ world or the new one, never a mix.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -109,6 +111,13 @@ class Gateway:
                 batcher.refuse_waiting("the gateway is shutting down; retry")
         return self.requests.count
 
+    @cached_property
+    def owner(self) -> str:
+        """This gateway, as its managed instances are labelled: the host and the port it
+        serves on (as first configured: a reload does not move the listening socket), the
+        same after a restart, different for a second gateway on the machine."""
+        return f"{socket.gethostname()}:{self.config.server.port}"
+
     def build_upstream(self, name: str, backend_config: BackendConfig) -> Upstream:
         assert self.client is not None
         backend = create_backend(name, backend_config, self.client)
@@ -124,6 +133,7 @@ class Gateway:
             probe_timeout=server.health_timeout,
             ledger=self.ledger,
             check_interval=server.health_interval,
+            owner=self.owner,
         )
 
     async def start(self, client: HttpClient) -> None:

@@ -54,8 +54,10 @@ class Supervisor(Upstream):
         probe_timeout: float,
         ledger: DeviceLedger | None = None,
         check_interval: float = 10.0,
+        owner: str = "",
     ) -> None:
         super().__init__(backend)
+        self.owner = owner  # this gateway, as its instances are labelled: host and port
         assert backend.config.managed is not None
         self.cfg = backend.config.managed
         self.runtime = runtime
@@ -313,7 +315,7 @@ class Supervisor(Upstream):
         return InstanceSpec(
             backend=self.name, model=instance.model,
             model_arg=upstream_name(instance.model, opts), instance=instance.id,
-            host_port=instance.port, managed=self.cfg,
+            host_port=instance.port, managed=self.cfg, owner=self.owner,
         )
 
     async def _run_start(self, instance: Instance) -> None:
@@ -363,14 +365,17 @@ class Supervisor(Upstream):
         delay, fast_until = FAST_POLL, time.monotonic() + FAST_PHASE
         while True:
             if not await self.runtime.is_alive(instance.handle):
+                how = await self.runtime.exit_status(instance.handle) or "exited"
                 lines = await self.runtime.logs(instance.handle)
-                raise RuntimeStartError(f"the instance exited while starting; last log lines:\n"
+                raise RuntimeStartError(f"the instance {how} while starting; last log lines:\n"
                                         f"{lines}")
             try:
                 probe = await self.backend.probe(instance.base_url, self.probe_timeout)
             except GatewayError:
                 probe = None
             if probe is not None:
+                if not await self.runtime.is_alive(instance.handle):
+                    continue  # what answered is not this instance: it is gone (see above)
                 if expected in probe.served:
                     return
                 raise RuntimeStartError(
@@ -455,10 +460,15 @@ class Supervisor(Upstream):
             return False
         if instance.dead or instance.state not in ("ready", "draining"):
             return instance.dead  # noticed meanwhile, or stopped on purpose
-        log.warning("instance_died", backend=self.name, instance=instance.id)
         instance.dead = True
         instance.state, instance.since = "draining", time.time()
-        self.last_error[instance.model] = (time.time(), "the instance exited")
+        how, lines = "exited", ""
+        with suppress(RuntimeStartError):
+            how = await self.runtime.exit_status(instance.handle) or how
+            lines = await self.runtime.logs(instance.handle)
+        log.warning("instance_died", backend=self.name, instance=instance.id,
+                    model=instance.model, how=how, last_lines=lines)
+        self.last_error[instance.model] = (time.time(), f"the instance {how}")
         self._publish(instance.model, "draining")
         self._wake.set()  # _schedule stops it when its last lease is released
         return True
@@ -512,10 +522,11 @@ class Supervisor(Upstream):
         await asyncio.gather(*self._preloads, return_exceptions=True)
 
     async def _adopt(self) -> None:
-        """Reuse healthy instances an earlier run (or the predecessor of a reload) left
-        serving configured models with the current spec; remove the rest."""
+        """Reuse healthy instances an earlier run of this gateway (or the predecessor of a
+        reload) left serving configured models with the current spec; remove the rest.
+        Another gateway's instances are not seen: they are neither adopted nor removed."""
         try:
-            found = await self.runtime.find_existing(self.name)
+            found = await self.runtime.find_existing(self.name, self.owner)
         except RuntimeStartError as exc:
             self.runtime_error = str(exc)
             log.error("runtime_unavailable", backend=self.name, reason=str(exc))

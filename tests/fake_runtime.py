@@ -159,6 +159,9 @@ class FakeRuntime:
         instance = self._instances.get(handle.ref)
         return instance is not None and instance.alive
 
+    async def exit_status(self, handle: InstanceHandle) -> str | None:
+        return None if await self.is_alive(handle) else "killed by signal 9 (SIGKILL)"
+
     async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
         instance = self._instances.get(handle.ref)
         if instance is None:
@@ -166,7 +169,7 @@ class FakeRuntime:
         tail = instance.log_lines[-lines:]
         return "\n".join(tail) + ("\n" if tail else "")
 
-    async def find_existing(self, backend: str) -> list[FoundInstance]:
+    async def find_existing(self, backend: str, owner: str) -> list[FoundInstance]:
         return [found for found in self.existing if found.backend == backend]
 
     async def adopt(self, found: FoundInstance, spec: InstanceSpec) -> InstanceHandle:

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -130,6 +131,7 @@ async def test_a_container_that_exits_keeps_its_logs(
     tail = await runtime.logs(handle, lines=2)
     assert "line 3" in tail
     assert "line 1" not in tail
+    assert await runtime.exit_status(handle) == "exited with status 3"
     await runtime.stop(handle, grace=5)
 
 
@@ -207,7 +209,7 @@ async def test_find_existing_adopt_and_remove(
     await wait_exited(runtime, exited)
     other = await runtime.start(spec_for(busybox(clean_containers, "sleep 600")))
 
-    found = {item.instance: item for item in await runtime.find_existing(backend)}
+    found = {item.instance: item for item in await runtime.find_existing(backend, "")}
     assert set(found) == {"a", "b"}
     assert (found["a"].ref, found["a"].model, found["a"].running) == (running.ref, "m-a", True)
     assert found["a"].host_port == running_spec.host_port
@@ -221,8 +223,34 @@ async def test_find_existing_adopt_and_remove(
     assert adopted.ref == running.ref
     assert adopted.labels["embedding-gateway.instance"] == "a"
     assert await runtime.is_alive(adopted)
-    assert [item.instance for item in await runtime.find_existing(backend)] == ["a"]
+    assert [item.instance for item in await runtime.find_existing(backend, "")] == ["a"]
     await runtime.stop(adopted, grace=0)
+    await runtime.stop(other, grace=0)
+
+
+async def test_another_gateways_containers_are_never_found_replaced_or_removed(
+    runtime: DockerRuntime, clean_containers: str, docker_available: docker.DockerClient  # noqa: F811
+) -> None:
+    backend = unique_name("owned")
+    ours = replace(spec_for(busybox(clean_containers, "sleep 600"), backend=backend,
+                            instance="a"), owner="host:8000")
+    theirs = replace(ours, owner="host:8001", host_port=free_port())
+    mine = await runtime.start(ours)
+    other = await runtime.start(theirs)  # the same backend and instance names, another owner
+    assert [item.ref for item in await runtime.find_existing(backend, "host:8000")] == [mine.ref]
+    assert [item.ref for item in await runtime.find_existing(backend, "host:8001")] == [other.ref]
+    again = await runtime.start(ours)  # our leftover is replaced; theirs is not touched
+    assert await runtime.is_alive(other)
+    assert docker_available.containers.get(other.ref).labels["embedding-gateway.owner"] \
+        == "host:8001"
+    await runtime.stop(again, grace=0)
+    impostor = docker_available.containers.create(  # our name, another owner's label
+        clean_containers, ["sleep", "600"], name=container_name(backend, "a", "host:8000"),
+        labels={"embedding-gateway.owner": "elsewhere:8000"})
+    with pytest.raises(RuntimeStartError, match="did not start"):
+        await runtime.start(ours)
+    docker_available.containers.get(impostor.id)  # left alone
+    impostor.remove(force=True)
     await runtime.stop(other, grace=0)
 
 
@@ -304,7 +332,7 @@ async def test_an_engine_that_stops_answering_holds_only_its_own_threads() -> No
     release = asyncio.Event()
     async with silent_engine(release) as managed:
         runtime = DockerRuntime(managed)
-        stuck = [asyncio.create_task(runtime.find_existing(f"b{i}")) for i in range(12)]
+        stuck = [asyncio.create_task(runtime.find_existing(f"b{i}", "")) for i in range(12)]
         await asyncio.sleep(0.5)
         assert not any(task.done() for task in stuck)
         loop = asyncio.get_running_loop()
@@ -321,7 +349,7 @@ async def test_a_closed_runtime_refuses_calls_and_closes_without_waiting() -> No
     release = asyncio.Event()
     async with silent_engine(release) as managed:
         runtime = DockerRuntime(managed)
-        stuck = [asyncio.create_task(runtime.find_existing("b")) for _ in range(4)]
+        stuck = [asyncio.create_task(runtime.find_existing("b", "")) for _ in range(4)]
         await asyncio.sleep(0.5)
         await asyncio.wait_for(runtime.close(), 2)  # not behind the stuck calls
         handle = InstanceHandle(spec=spec_for(managed), ref="gone")

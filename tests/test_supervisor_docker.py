@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,12 @@ import pytest
 
 from embedding_gateway.config import ManagedConfig
 from embedding_gateway.runtimes.base import InstanceHandle, InstanceSpec
-from embedding_gateway.runtimes.docker import LABEL_BACKEND, LABEL_MODEL, DockerRuntime
+from embedding_gateway.runtimes.docker import (
+    LABEL_BACKEND,
+    LABEL_MODEL,
+    LABEL_OWNER,
+    DockerRuntime,
+)
 from tests.conftest import run_gateway
 from tests.docker_support import (
     PYTHON,
@@ -151,22 +157,28 @@ async def test_a_kept_container_is_adopted_by_the_next_gateway_and_strays_remove
     kept = [c.id for c in containers(docker_available, name)]
     assert len(kept) == 1
 
+    owner = docker_available.containers.get(kept[0]).labels[LABEL_OWNER]
+    assert owner.endswith(":8000")  # host and configured port
     managed = ManagedConfig(**first["managed"])
     stray_runtime = DockerRuntime(managed)
     spec = InstanceSpec(backend=name, model="org/unknown", model_arg="org/unknown",
-                        instance="stray", host_port=free_port(), managed=managed)
+                        instance="stray", host_port=free_port(), managed=managed,
+                        owner=owner)  # this gateway's
     stray = await stray_runtime.start(spec)
+    foreign = await stray_runtime.start(replace(  # another gateway's, on the same engine
+        spec, model=MODELS[0], model_arg=MODELS[0], host_port=free_port(), owner="elsewhere:1"))
     await stray_runtime.close()
 
     runtimes: list[CountingDocker] = []
     second = managed_backend(clean_containers, port, MODELS[:2])
     async with gateway({name: second}, runtimes) as (url, session):
         remaining = containers(docker_available, name)
-        assert [c.id for c in remaining] == kept
+        assert sorted(c.id for c in remaining) == sorted([*kept, foreign.ref])
         assert stray.ref not in [c.id for c in remaining]
         await embed_ok(session, url, MODELS[0], "adopted")
         assert runtimes[0].starts == []
-    assert containers(docker_available, name) == []
+    assert [c.id for c in containers(docker_available, name)] == [foreign.ref]
+    docker_available.containers.get(foreign.ref).remove(force=True)
 
 
 async def test_an_unknown_image_is_a_clear_error_naming_it(

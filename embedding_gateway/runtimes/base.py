@@ -23,6 +23,7 @@ class InstanceSpec:
     instance: str  # unique id of this instance, e.g. "tei-0"
     host_port: int  # where the gateway reaches it on this host (or the docker host)
     managed: ManagedConfig
+    owner: str = ""  # the gateway starting it (see Supervisor.owner); only it finds or adopts it
 
 
 @dataclass
@@ -64,11 +65,16 @@ class Runtime(Protocol):
         """False once the process or container has exited; ``RuntimeStartError`` when the
         runtime cannot tell (a Docker daemon that does not answer)."""
 
+    async def exit_status(self, handle: InstanceHandle) -> str | None:
+        """How it ended ("exited with status 3", "killed by signal 9 (SIGKILL)", "killed:
+        out of memory"), or ``None`` while it runs or when that cannot be known."""
+
     async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
         """The last ``lines`` lines of its output (secrets are never in here by construction)."""
 
-    async def find_existing(self, backend: str) -> list[FoundInstance]:
-        """Instances labelled as this gateway's for ``backend``, left by an earlier run."""
+    async def find_existing(self, backend: str, owner: str) -> list[FoundInstance]:
+        """Instances labelled as ``owner``'s for ``backend``, left by an earlier run; those of
+        other gateways sharing the engine are never listed (nor adopted, nor removed)."""
 
     def fingerprint(self, spec: InstanceSpec) -> str | None:
         """A digest of everything the instance was started with; a found instance whose

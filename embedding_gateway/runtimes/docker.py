@@ -3,7 +3,9 @@
 The Docker SDK is blocking: every call runs in a worker thread of this runtime's own small
 pool, so an engine that stops answering holds only those threads, not the loop's default
 executor, which also resolves upstream host names.
-Containers carry ``embedding-gateway.*`` labels so a restarted gateway can find and adopt them.
+Containers carry ``embedding-gateway.*`` labels so a restarted gateway can find and adopt them;
+the owner label (the gateway that started it) keeps other gateways on the engine from
+adopting or removing them.
 An image is pulled only when ``pull: true``; creating a container never pulls implicitly.
 """
 
@@ -41,6 +43,7 @@ LABEL_MODEL = LABEL_PREFIX + "model"
 LABEL_INSTANCE = LABEL_PREFIX + "instance"
 LABEL_HOST_PORT = LABEL_PREFIX + "host_port"
 LABEL_SPEC = LABEL_PREFIX + "spec"
+LABEL_OWNER = LABEL_PREFIX + "owner"
 
 _NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
 _PORT_TAKEN = ("address already in use", "port is already allocated")
@@ -49,9 +52,11 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
-def container_name(backend: str, instance: str) -> str:
-    """``embedding-gateway-{backend}-{instance}`` with characters Docker refuses replaced."""
-    return _NAME_CHARS.sub("-", f"embedding-gateway-{backend}-{instance}")
+def container_name(backend: str, instance: str, owner: str = "") -> str:
+    """``embedding-gateway-{backend}-{instance}`` with characters Docker refuses replaced, and
+    a digest of its owner: two gateways on one engine may name their backends alike."""
+    suffix = f"-{hashlib.sha256(owner.encode()).hexdigest()[:8]}" if owner else ""
+    return _NAME_CHARS.sub("-", f"embedding-gateway-{backend}-{instance}{suffix}")
 
 
 def device_requests(gpus: list[str] | str) -> list[DeviceRequest]:
@@ -150,11 +155,15 @@ class DockerRuntime:
         env = managed.env
         client = await self._docker()
         image = managed.image or ""
-        name = container_name(spec.backend, spec.instance)
+        name = container_name(spec.backend, spec.instance, spec.owner)
         try:
             await self._ensure_image(client, image, managed.pull)
             leftover = await self._container(name)
             if leftover is not None:
+                if leftover.labels.get(LABEL_OWNER) != spec.owner:
+                    raise RuntimeStartError(
+                        f"a container named {name} exists that this gateway did not start; "
+                        "remove it, or rename this backend")
                 log.info("container_leftover_removed", container=name)
                 await self._force_remove(leftover)
             if self._local and not is_port_free(spec.host_port):
@@ -165,6 +174,7 @@ class DockerRuntime:
                 LABEL_INSTANCE: spec.instance,
                 LABEL_HOST_PORT: str(spec.host_port),
                 LABEL_SPEC: self.fingerprint(spec),
+                LABEL_OWNER: spec.owner,
             }
             binding: Any = ("127.0.0.1", spec.host_port) if self._local else spec.host_port
             container = await self._call(
@@ -266,6 +276,17 @@ class DockerRuntime:
             container = await self._container(handle.ref)
         return container is not None and container.status == "running"
 
+    async def exit_status(self, handle: InstanceHandle) -> str | None:
+        with self._api_errors("reading container state"):
+            container = await self._container(handle.ref)
+        if container is None or container.status in ("created", "running", "restarting"):
+            return None
+        state = container.attrs.get("State", {})
+        if state.get("OOMKilled"):
+            return "killed: out of memory"
+        how = f"exited with status {state.get('ExitCode')}"
+        return f"{how}: {state['Error']}" if state.get("Error") else how
+
     async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
         with self._api_errors("reading container logs"):
             container = await self._container(handle.ref)
@@ -295,12 +316,12 @@ class DockerRuntime:
         }
         return hashlib.sha256(json.dumps(created, sort_keys=True).encode()).hexdigest()[:32]
 
-    async def find_existing(self, backend: str) -> list[FoundInstance]:
+    async def find_existing(self, backend: str, owner: str) -> list[FoundInstance]:
         client = await self._docker()
         with self._api_errors("listing containers"):
             containers = await self._call(
                 client.containers.list, all=True, ignore_removed=True,
-                filters={"label": f"{LABEL_BACKEND}={backend}"})
+                filters={"label": [f"{LABEL_BACKEND}={backend}", f"{LABEL_OWNER}={owner}"]})
         return [self._found(container) for container in containers]
 
     @staticmethod

@@ -25,6 +25,7 @@ from ..config import ManagedConfig
 from ..errors import RuntimeStartError
 from ..systemd import child_environ
 from .base import FoundInstance, InstanceHandle, InstanceSpec
+from .ports import is_port_free
 from .secrets import scrub
 
 LOG_LINES = 200
@@ -69,6 +70,17 @@ def command_missing(program: str, env: dict[str, str]) -> str | None:
     if shutil.which(program, path=env.get("PATH")) is None:
         return f"command {program!r} not found or not executable"
     return None
+
+
+def describe_exit(returncode: int) -> str:
+    """A process's return code in words (negative: the signal that ended it)."""
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = "unknown"
+    return f"killed by signal {-returncode} ({name})"
 
 
 def _group_exists(pgid: int) -> bool:
@@ -137,6 +149,11 @@ class ProcessRuntime:
         missing = command_missing(command[0], env)
         if missing is not None:  # setpriv would just exit
             raise RuntimeStartError(missing)
+        if not is_port_free(spec.host_port):  # else it dies of the clash, and meanwhile the
+            # other program answers its health checks as if it were this instance
+            raise RuntimeStartError(
+                f"port {spec.host_port} is already in use by a program this gateway did not "
+                "start; stop it, or move this backend (base_url's port or managed.ports)")
         try:
             process = await asyncio.create_subprocess_exec(
                 *await asyncio.to_thread(die_with_parent), *command,
@@ -190,11 +207,17 @@ class ProcessRuntime:
         await process.wait()
         self._running.pop(ref, None)
         await _drain(running, cancel=True)
-        log.info("process_stopped", pid=process.pid, returncode=process.returncode)
+        log.info("process_stopped", pid=process.pid, how=describe_exit(process.returncode))
 
     async def is_alive(self, handle: InstanceHandle) -> bool:
         running = self._running.get(handle.ref)
         return running is not None and running.process.returncode is None
+
+    async def exit_status(self, handle: InstanceHandle) -> str | None:
+        running = self._running.get(handle.ref)
+        if running is None or running.process.returncode is None:
+            return None
+        return describe_exit(running.process.returncode)
 
     async def logs(self, handle: InstanceHandle, lines: int = 30) -> str:
         running = self._running.get(handle.ref)
@@ -205,7 +228,7 @@ class ProcessRuntime:
         tail = list(running.lines)[-lines:]
         return scrub("\n".join(tail) + ("\n" if tail else ""), running.env, running.command)
 
-    async def find_existing(self, backend: str) -> list[FoundInstance]:
+    async def find_existing(self, backend: str, owner: str) -> list[FoundInstance]:
         return []
 
     def fingerprint(self, spec: InstanceSpec) -> str | None:
