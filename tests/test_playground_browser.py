@@ -29,6 +29,7 @@ pytestmark = pytest.mark.browser
 
 XSS_NAME = "<img src=x onerror=window.__xss=1>"
 E5 = "intfloat/multilingual-e5-small"
+BROKEN = "BAAI/bge-small-en-v1.5"
 BATCH = ["오늘 서울은 맑고 따뜻합니다.", "The weather in Seoul is clear and warm today.",
          "주식 시장이 큰 폭으로 하락했습니다."]
 API_KEY = "sk-playground-test"
@@ -96,9 +97,11 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @contextlib.asynccontextmanager
-async def open_playground(browser: Browser, base_url: str) -> AsyncIterator[Page]:
-    """A page on /playground; fails the test on any uncaught script error."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+async def open_playground(browser: Browser, base_url: str,
+                          width: int = 1280) -> AsyncIterator[Page]:
+    """A page on /playground, ``width`` pixels wide; fails the test on any uncaught script
+    error."""
+    context = await browser.new_context(viewport={"width": width, "height": 900})
     page = await context.new_page()
     page.set_default_timeout(WAIT_MS)
     errors: list[str] = []
@@ -217,7 +220,7 @@ async def test_compare_tab_shows_matrices_and_rank_agreement(
     texts = [*BATCH, "Stock markets fell sharply."]
     async with playground_gateway() as base_url, open_playground(browser, base_url) as page:
         await wait_for_models(page)
-        await choose_compare_models(page, ["bge-m3", "e5-small"])
+        await choose_compare_models(page, ["bge-m3", E5])
         await page.fill("[data-testid=compare-text]", "\n".join(texts))
         await page.click("[data-testid=compare-run]")
         await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
@@ -227,12 +230,12 @@ async def test_compare_tab_shows_matrices_and_rank_agreement(
         dims = await page.locator("[data-testid=card-dims]").all_text_contents()
         assert dims == ["1024", "384"]
         assert await page.locator("[data-testid=compare-matrix]").count() == 2
-        for model in ("bge-m3", "e5-small"):
+        for model in ("bge-m3", E5):
             scope = f"[data-testid=compare-matrix][data-model='{model}']"
             assert len(await heatmap_texts(page, scope)) == 4
 
         sims = [cosine_matrix(await gateway_vectors(base_url, model, texts))
-                for model in ("bge-m3", "e5-small")]
+                for model in ("bge-m3", E5)]
         upper = np.triu_indices(4, k=1)
         rho = spearman(sims[0][upper], sims[1][upper])
         shown = await page.text_content("[data-testid=rank-agreement-value]")
@@ -274,27 +277,27 @@ async def test_failing_upstream_shows_its_error_and_the_page_stays_usable(
 ) -> None:
     async with playground_gateway() as base_url, open_playground(browser, base_url) as page:
         await wait_for_models(page)
-        await embed_batch(page, "broken", BATCH)
+        await embed_batch(page, BROKEN, BATCH)
         error_box = page.locator("[data-testid=error-box]")
         await error_box.wait_for(state="visible")
         assert "Inference failed" in (await error_box.text_content() or "")
 
-        await choose_compare_models(page, ["broken", "e5-small"])
+        await choose_compare_models(page, [BROKEN, E5])
         await page.fill("[data-testid=compare-text]", "\n".join(BATCH))
         await page.click("[data-testid=compare-run]")
         await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
-        broken = page.locator("[data-testid=compare-card][data-model='broken']")
+        broken = page.locator(f"[data-testid=compare-card][data-model='{BROKEN}']")
         assert await broken.get_attribute("data-state") == "failed"
         card_error = broken.locator("[data-testid=card-error]")
         assert await card_error.is_visible()
         assert "Inference failed" in (await card_error.text_content() or "")
-        working = page.locator("[data-testid=compare-card][data-model='e5-small']")
+        working = page.locator(f"[data-testid=compare-card][data-model='{E5}']")
         assert await working.get_attribute("data-state") == "done"
         assert await page.locator("[data-testid=compare-matrix]").count() >= 1
         await page.screenshot(path=tmp_path / "compare-failure.png", full_page=True)
 
         await page.click("[data-testid=tab-embed]")
-        await embed_batch(page, "e5-small", BATCH)
+        await embed_batch(page, E5, BATCH)
         await page.wait_for_selector("[data-testid=embed-result]:not([hidden])")
         assert await error_box.is_hidden()
         assert len(await heatmap_texts(page, "#embed-heatmap")) == 3
@@ -323,7 +326,7 @@ async def test_api_key_field_makes_requests_work(
         await page.click("[data-testid=api-key-apply]")
         await wait_for_models(page)
         await page_error.wait_for(state="hidden")
-        await embed_batch(page, "e5-small", BATCH)
+        await embed_batch(page, E5, BATCH)
         await page.wait_for_selector("[data-testid=embed-result]:not([hidden])")
         assert len(await heatmap_texts(page, "#embed-heatmap")) == 3
         stored = await page.evaluate(
@@ -364,7 +367,7 @@ async def test_compare_runs_models_of_one_managed_backend_one_after_another(
         page.on("requestfinished", record("end"))
         page.on("requestfailed", record("end"))
         await wait_for_models(page)
-        await choose_compare_models(page, ["bge-m3", "minilm", "bge-small"])
+        await choose_compare_models(page, ["bge-m3", "fake/minilm", "fake/bge-small"])
         serial = page.locator("[data-testid=compare-plan-serial]")
         assert await serial.count() == 1
         note = await serial.text_content() or ""
@@ -376,10 +379,104 @@ async def test_compare_runs_models_of_one_managed_backend_one_after_another(
         states = await page.eval_on_selector_all(
             "[data-testid=compare-card]",
             "(cs) => cs.map((c) => [c.dataset.model, c.dataset.state])")
-        assert sorted(states) == [["bge-m3", "done"], ["bge-small", "done"], ["minilm", "done"]]
-        first, second = sorted(("minilm", "bge-small"), key=lambda m: events.index(("start", m)))
+        assert sorted(states) == [["bge-m3", "done"], ["fake/bge-small", "done"],
+                                  ["fake/minilm", "done"]]
+        first, second = sorted(("fake/minilm", "fake/bge-small"),
+                               key=lambda m: events.index(("start", m)))
         assert events.index(("end", first)) < events.index(("start", second))
         assert await page.locator("[data-testid=compare-matrix]").count() == 3
         values = await page.locator("[data-testid=rank-agreement-value]").all_text_contents()
         assert len(values) == 3 and all(-1 <= float(v) <= 1 for v in values)
         await page.screenshot(path=tmp_path / "compare-managed.png", full_page=True)
+
+
+async def test_a_model_and_its_aliases_are_one_choice(
+    browser: Browser, playground_gateway: Callable[..., Any]
+) -> None:
+    async with playground_gateway() as base_url, open_playground(browser, base_url) as page:
+        await wait_for_models(page)
+        options = await page.eval_on_selector_all(
+            "#embed-model option", "(os) => os.map((o) => [o.value, o.textContent])")
+        assert sorted(value for value, _ in options) == sorted(
+            ["bge-m3", E5, XSS_NAME, BROKEN])
+        assert "(e5-small)" in dict(options)[E5]
+        await page.select_option("[data-testid=embed-model]", "bge-m3")
+        assert await page.locator("[data-testid=model-aliases]").count() == 0
+        await page.select_option("[data-testid=embed-model]", E5)
+        assert await page.text_content("[data-testid=model-aliases]") == "also e5-small"
+
+        await page.click("[data-testid=tab-compare]")
+        boxes = await page.eval_on_selector_all(
+            "[data-testid=compare-model]", "(bs) => bs.map((b) => b.value)")
+        assert sorted(boxes) == sorted(["bge-m3", E5, XSS_NAME, BROKEN])
+        row = page.locator("label.model-row", has=page.locator(f"[value='{E5}']"))
+        assert await row.locator("[data-testid=compare-model-aliases]").text_content() == (
+            "also e5-small")
+
+
+async def label_fits(page: Page, selector: str) -> list[bool]:
+    """For each element: is its whole text shown (nothing cut off by its width)?"""
+    return await page.eval_on_selector_all(
+        selector, "(es) => es.map((e) => e.scrollWidth <= e.clientWidth)")
+
+
+async def test_heatmap_labels_use_the_width_they_have_and_hold_the_full_text(
+    browser: Browser, playground_gateway: Callable[..., Any]
+) -> None:
+    long_text = ("A sentence far too long for any label:" + " and it goes on" * 20)
+    texts = [*BATCH, long_text]
+    async with playground_gateway() as base_url, open_playground(browser, base_url) as page:
+        await wait_for_models(page)
+        await embed_batch(page, "bge-m3", texts)
+        await page.wait_for_selector("[data-testid=embed-result]:not([hidden])")
+        rows = "#embed-heatmap [data-testid=heatmap-row]"
+        shown = await page.eval_on_selector_all(
+            rows, "(hs) => hs.map((h) => [h.textContent, h.title])")
+        flat = [" ".join(text.split()) for text in texts]
+        assert shown == [[f"{i + 1}. {flat[i]}", texts[i]] for i in range(4)]
+        assert await label_fits(page, rows) == [True, True, True, False]
+        columns = await page.eval_on_selector_all(
+            "#embed-heatmap [data-testid=heatmap-col]", "(hs) => hs.map((h) => h.title)")
+        assert columns == texts
+        widths = await page.eval_on_selector_all(
+            "#embed-heatmap [data-testid=heatmap-col]", "(hs) => hs.map((h) => h.clientWidth)")
+        assert min(widths) > 100  # room at 1280 px is used, not a fixed 8 characters
+
+
+async def fits_in_viewport(page: Page) -> None:
+    """No horizontal page overflow, and every heatmap shown whole inside its box."""
+    assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE_WIDTH
+    clipped = await page.eval_on_selector_all("[data-testid=heatmap]", """(ts) => ts.filter((t) => {
+        const table = t.getBoundingClientRect(), wrap = t.parentElement.getBoundingClientRect();
+        return table.right > Math.min(wrap.right, innerWidth) + 0.5 || table.left < wrap.left;
+    }).length""")
+    assert clipped == 0
+
+
+PHONE_WIDTH = 375
+
+
+async def test_the_page_is_usable_at_phone_width(
+    browser: Browser, playground_gateway: Callable[..., Any], tmp_path: Path
+) -> None:
+    texts = [*BATCH, "Stock markets fell sharply today in a broad sell-off."]
+    async with (
+        playground_gateway(api_keys=[API_KEY]) as base_url,
+        open_playground(browser, base_url, width=PHONE_WIDTH) as page,
+    ):
+        await page.fill("[data-testid=api-key]", API_KEY)
+        await page.click("[data-testid=api-key-apply]")
+        await wait_for_models(page)
+        await embed_batch(page, E5, texts)
+        await page.wait_for_selector("[data-testid=embed-result]:not([hidden])")
+        assert len(await heatmap_texts(page, "#embed-heatmap")) == 4
+        await fits_in_viewport(page)
+        await page.screenshot(path=tmp_path / "embed-phone.png", full_page=True)
+
+        await choose_compare_models(page, ["bge-m3", E5])
+        await page.fill("[data-testid=compare-text]", "\n".join(texts))
+        await page.click("[data-testid=compare-run]")
+        await page.wait_for_selector("[data-testid=compare-progress][data-done=true]")
+        assert await page.locator("[data-testid=compare-matrix]").count() == 2
+        await fits_in_viewport(page)
+        await page.screenshot(path=tmp_path / "compare-phone.png", full_page=True)
