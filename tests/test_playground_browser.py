@@ -75,7 +75,7 @@ def gateway_config(urls: dict[str, str], api_keys: list[str] | None = None) -> d
 @pytest.fixture
 def playground_gateway(gateway: GatewayFactory) -> Callable[..., Any]:
     """``async with playground_gateway(api_keys=..., managed=...) as url``: a gateway in front of
-    ``upstreams()``, plus any extra backends in ``managed``."""
+    ``upstreams()``, plus any extra backends (managed or not) in ``managed``."""
 
     @contextlib.asynccontextmanager
     async def run(
@@ -393,8 +393,21 @@ async def test_compare_runs_models_of_one_managed_backend_one_after_another(
 async def test_a_model_and_its_aliases_are_one_choice(
     browser: Browser, playground_gateway: Callable[..., Any]
 ) -> None:
-    async with playground_gateway() as base_url, open_playground(browser, base_url) as page:
+    reranker = "BAAI/bge-reranker-base"
+    async with (
+        serve_fake(create_tei_app(reranker, model_type="reranker")) as rerank_url,
+        playground_gateway(managed={"rerank": {
+            "kind": "tei", "base_url": rerank_url,
+            "models": {reranker: {"aliases": ["reranker"]}}}}) as base_url,
+        open_playground(browser, base_url) as page,
+    ):
         await wait_for_models(page)
+        await page.wait_for_selector(f"#rerank-model option[value='{reranker}']",
+                                     state="attached")
+        rerankers = await page.eval_on_selector_all(
+            "#rerank-model option", "(os) => os.map((o) => [o.value, o.textContent])")
+        assert [value for value, _ in rerankers] == [reranker]
+        assert "(reranker)" in rerankers[0][1]
         options = await page.eval_on_selector_all(
             "#embed-model option", "(os) => os.map((o) => [o.value, o.textContent])")
         assert sorted(value for value, _ in options) == sorted(
