@@ -23,6 +23,7 @@ from .config import GatewayConfig, load_config
 from .config_search import CONFIG_VARIABLE, SEARCH_ORDER, find_config
 from .connections import listen
 from .errors import ConfigError
+from .memory import pin_mmap_threshold
 from .state import GATEWAY, Gateway
 from .systemd import Notifier
 
@@ -306,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_command(args.command, config, args)
         return 130
     configure_logging(args.log_level)
+    pin_mmap_threshold()
     try:
         config = with_address(load_config(path), args.host, args.port)
     except ConfigError as exc:
