@@ -3,8 +3,12 @@ that takes no more lines. For each fault, every request gets either its own corr
 or a clear error in the envelope (502, 503 or 504), none is dropped; and once the fault is
 gone the same gateway, not restarted, serves every request correctly again.
 
+The Docker engine freezes during a swap (a real engine behind a socket that stops passing
+bytes, as a stopped ``dockerd`` does): requests wait or get 503, ``/health`` still answers,
+and the swap completes once it answers again.
+
 Also part of it, kept beside their modules: the shapes of garbage an upstream may answer
-(``test_upstream_garbage.py``), a Docker engine that stops answering
+(``test_upstream_garbage.py``), a Docker engine that never answers
 (``test_runtime_docker.py::test_an_engine_that_stops_answering_holds_only_its_own_threads``),
 containers killed from outside (``test_supervisor_docker.py``), slow and silent clients
 (``test_connections.py``) and malformed HTTP (``test_malformed.py``).
@@ -23,17 +27,29 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import docker
 import numpy as np
 import pytest
 from aiohttp import web
 
 from tests.conftest import run_gateway
+from tests.docker_support import (
+    clean_containers,  # noqa: F401
+    docker_available,  # noqa: F401
+    test_image,  # noqa: F401
+    unique_name,
+)
 from tests.fakes import FAKE_STATE, serve_fake
 from tests.fakes.tei import create_tei_app
+from tests.fakes.vectors import which_model
 from tests.fakes.vllm import create_vllm_app
 from tests.ports import free_port
 from tests.service_support import GatewayProcess, NotifyListener, gateway_config
 from tests.test_service import embed, start
+from tests.test_supervisor_docker import DIMS as DOCKER_DIMS
+from tests.test_supervisor_docker import MODELS, containers, embed_ok, managed_backend
+from tests.test_supervisor_docker import embed as docker_embed
+from tests.test_supervisor_docker import gateway as docker_gateway
 
 MODEL, DIMS = "org/faulty", 8
 TIMEOUT = 1.0  # the backend's timeout: a silent or slow upstream is a 504 after it
@@ -163,6 +179,81 @@ async def test_an_upstream_fault_loses_nothing_and_is_recovered_from(fault: str)
                                            for c in range(CLIENTS)))
             assert all(check(s, b, texts_for(c, 2), expected)
                        for c, (s, b) in enumerate(after)), after
+
+
+class FreezableEngine:
+    """A unix socket in front of the real Docker engine. While frozen it accepts connections
+    and passes no byte either way, as a ``dockerd`` stopped with SIGSTOP would (the kernel
+    still accepts for it); thawed, everything held goes through."""
+
+    def __init__(self, path: Path, engine: str = "/var/run/docker.sock") -> None:
+        self.path, self.engine = path, engine
+        self.running = asyncio.Event()
+        self.running.set()
+        self.server: asyncio.AbstractServer | None = None
+        self.pumps: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_unix_server(self.connect, str(self.path))
+        return f"unix://{self.path}"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.running.set()
+        self.server.close()
+        for pump in self.pumps:
+            pump.cancel()
+        await asyncio.gather(*self.pumps, return_exceptions=True)
+
+    async def connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.running.wait()
+        engine_reader, engine_writer = await asyncio.open_unix_connection(self.engine)
+        for source, sink in ((reader, engine_writer), (engine_reader, writer)):
+            pump = asyncio.create_task(self.pump(source, sink))
+            self.pumps.add(pump)
+            pump.add_done_callback(self.pumps.discard)
+
+    async def pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self.running.wait()
+                sink.write(data)
+                await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+async def test_a_docker_engine_frozen_during_a_swap_delays_it_and_loses_nothing(
+    tmp_path: Path, clean_containers: str, docker_available: docker.DockerClient  # noqa: F811
+) -> None:
+    name = unique_name("frozen")
+    engine = FreezableEngine(tmp_path / "engine.sock")
+    async with engine as docker_host:
+        backend = managed_backend(clean_containers, free_port(), MODELS[:2],
+                                  docker_host=docker_host, queue_timeout=30)
+        async with docker_gateway({name: backend}) as (url, session):
+            await embed_ok(session, url, MODELS[0], "before")
+            engine.running.clear()  # frozen: the swap to MODELS[1] cannot stop or start
+            asks = [asyncio.create_task(docker_embed(session, url, MODELS[i % 2], f"t{i}"))
+                    for i in range(6)]
+            await asyncio.sleep(1)
+            async with asyncio.timeout(5), session.get(f"{url}/health") as response:
+                assert response.status in (200, 503)  # answered while the engine is frozen
+            await asyncio.sleep(3)
+            engine.running.set()
+            for i, (status, body) in enumerate(await asyncio.gather(*asks)):
+                if status == 200:  # its own model's vector, whenever it came
+                    assert which_model(body["data"][0]["embedding"], f"t{i}", MODELS,
+                                       DOCKER_DIMS) == MODELS[i % 2]
+                else:
+                    assert status == 503 and body["error"]["message"], body
+            for model in (MODELS[1], MODELS[0]):  # both still served: no restart needed
+                await embed_ok(session, url, model, "after")
+        assert containers(docker_available, name) == []
 
 
 FULL = Path("/dev/full")  # every write fails with ENOSPC
