@@ -15,9 +15,11 @@ import numpy as np
 import orjson
 from pybase64 import b64encode  # SIMD base64: the standard library's results, faster
 
+from .encodings import COMPACT_FORMATS, CompactFormat, quantize
 from .errors import InvalidRequest, PayloadTooLarge
 
-EncodingFormat = Literal["float", "base64"]
+EncodingFormat = Literal["float", "base64"] | CompactFormat
+ENCODING_FORMATS = ("float", "base64", *COMPACT_FORMATS)
 Inputs = list[str] | list[list[int]]
 
 
@@ -95,9 +97,10 @@ def parse_embedding_request(body: bytes, *, max_inputs: int) -> EmbeddingRequest
     encoding_format = data.get("encoding_format")
     if encoding_format is None:
         encoding_format = "float"
-    if encoding_format not in ("float", "base64"):
+    if encoding_format not in ENCODING_FORMATS:
         raise InvalidRequest(
-            f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}",
+            f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, "
+            f"got {encoding_format!r}",
             param="encoding_format",
         )
     dimensions = data.get("dimensions")
@@ -126,6 +129,8 @@ def _rows(vectors: np.ndarray, encoding_format: EncodingFormat) -> Iterator[byte
             yield (b'{"object":"embedding","index":%d,"embedding":"' % i
                    + b64encode(row) + b'"}')
     else:
+        if encoding_format != "float":
+            vectors = quantize(vectors, encoding_format)
         for i, row in enumerate(vectors):
             yield (b'{"object":"embedding","index":%d,"embedding":' % i
                    + orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"}")

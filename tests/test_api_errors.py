@@ -101,7 +101,7 @@ async def tei_gateway(
         (b'{"model": "bge", "input": ""}', "input"),
         (b'{"model": "bge", "input": ["ok", ""]}', "input"),
         (b'{"model": "bge", "input": [[]]}', "input"),
-        (b'{"model": "bge", "input": "x", "encoding_format": "int8"}', "encoding_format"),
+        (b'{"model": "bge", "input": "x", "encoding_format": "int4"}', "encoding_format"),
         (b'{"model": "bge", "input": "x", "encoding_format": 5}', "encoding_format"),
         (b'{"model": "bge", "input": "x", "encoding_format": false}', "encoding_format"),
         (b'{"model": "bge", "input": "x", "encoding_format": ""}', "encoding_format"),
