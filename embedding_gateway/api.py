@@ -16,6 +16,7 @@ from .rerank_schemas import parse_rerank_request, rerank_response_body
 from .router import Route, Router
 from .schemas import parse_embedding_request, response_body, response_chunks
 from .state import AUTHORIZED, GATEWAY, LOG_FIELDS, Gateway
+from .truncation import truncated_header
 
 STREAM_ABOVE_VALUES = 64 * 1024  # responses with more floats than this are written in pieces
 STARTED = int(time.time())
@@ -49,11 +50,12 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     router.check(parsed, route)
     result = await router.embed(parsed, route)
     fields["tokens"] = result.prompt_tokens
+    headers = {} if result.truncated is None else truncated_header(result.truncated)
     if result.vectors.size <= STREAM_ABOVE_VALUES:
         body = response_body(result, model=parsed.model, encoding_format=parsed.encoding_format)
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=body, content_type="application/json", headers=headers)
     chunks = response_chunks(result, model=parsed.model, encoding_format=parsed.encoding_format)
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response = web.StreamResponse(headers={"Content-Type": "application/json", **headers})
     response.enable_chunked_encoding()
     await response.prepare(request)
     try:

@@ -13,7 +13,9 @@ so that one huge batch cannot starve the others. The queue is bounded in inputs 
 time (503), both with ``Retry-After``.
 
 A merged call that the upstream rejects as bad input is retried request by request, so only
-the guilty request gets the error; a 413 is answered by splitting the call smaller. A client
+the guilty request gets the error; a 413 is answered by splitting the call smaller, and so is
+a call refused for an over-long input, down to that input alone (``truncation.py``). Lanes are
+per model, address and ``CallOptions``: requests whose calls would differ are never merged. A client
 that goes away takes its inputs out of calls not yet sent, and a call whose every request has
 gone away is cancelled.
 """
@@ -37,7 +39,9 @@ from .concurrency import AdaptiveLimit, FixedLimit
 from .config import ModelConfig
 from .errors import GatewayError, QueueFull, Unavailable, UpstreamFailed, UpstreamRejected
 from .metrics import Metrics
+from .prompts import NO_OPTIONS, CallOptions
 from .schemas import Embeddings, Inputs
+from .truncation import InputTooLong, refusal
 
 DEFAULT_CEILING = 256  # calls in flight to one address unless max_concurrency says otherwise
 
@@ -50,6 +54,8 @@ class Ticket:
     weights: Sequence[int]  # relative size of each input: shares a call's token count
     future: asyncio.Future[Embeddings]
     enqueued: float
+    truncate: bool = False  # an over-long input is cut by the upstream rather than refused
+    truncated: set[int] = field(default_factory=set)  # its inputs that were cut
     taken: int = 0  # inputs handed to calls so far
     answered: int = 0
     calls: int = 0  # calls in flight carrying some of its inputs
@@ -59,6 +65,11 @@ class Ticket:
     @property
     def gone(self) -> bool:
         return self.future.done()
+
+    def result(self) -> Embeddings:
+        assert self.vectors is not None
+        truncated = sorted(self.truncated) if self.truncate else None
+        return Embeddings(self.vectors, round(self.tokens), truncated)
 
 
 @dataclass(eq=False)
@@ -95,6 +106,7 @@ class Lane:
     options: ModelConfig
     base_url: str
     address: Address
+    call: CallOptions
     queue: deque[Ticket] = field(default_factory=deque)
 
 
@@ -108,7 +120,7 @@ class Batcher:
         self.config = backend.config
         self.metrics = metrics
         self.name = backend.name
-        self.lanes: dict[tuple[str, str], Lane] = {}
+        self.lanes: dict[tuple[str, str, CallOptions], Lane] = {}
         self.addresses: dict[str, Address] = {}
         self.queued_inputs = 0
         self._calls: dict[asyncio.Task[None], Call] = {}
@@ -116,22 +128,24 @@ class Batcher:
     # -- what the router calls ------------------------------------------------------------
 
     async def embed(
-        self, base_url: str, model: str, options: ModelConfig, inputs: Inputs
+        self, base_url: str, model: str, options: ModelConfig, inputs: Inputs, *,
+        call: CallOptions = NO_OPTIONS, truncate: bool = False,
     ) -> Embeddings:
         """Vectors for ``inputs`` of ``model`` from the upstream at ``base_url``, which the
-        caller holds a lease on for as long as this runs."""
+        caller holds a lease on for as long as this runs. ``call``: what the upstream call
+        carries beyond the inputs; ``truncate``: cut over-long inputs rather than refuse."""
         if self.queued_inputs + len(inputs) > self.config.max_queued_inputs:
             raise QueueFull(
                 f"backend {self.name!r} has {self.queued_inputs} inputs waiting to be sent "
                 f"(max_queued_inputs {self.config.max_queued_inputs}); retry shortly",
                 retry_after=1,
             )
-        lane = self._lane(base_url, model, options)
+        lane = self._lane(base_url, model, options, call)
         if self._alone(lane, inputs):
-            return await self._embed_alone(lane, inputs)
+            return await self._embed_alone(lane, inputs, truncate)
         loop = asyncio.get_running_loop()
         weights = [len(item) for item in inputs]
-        ticket = Ticket(inputs, weights, loop.create_future(), time.monotonic())
+        ticket = Ticket(inputs, weights, loop.create_future(), time.monotonic(), truncate)
         lane.queue.append(ticket)
         self.queued_inputs += len(inputs)
         self._pump(lane.address)
@@ -161,7 +175,7 @@ class Batcher:
                                       and len(set(inputs)) == len(inputs)))
         )
 
-    async def _embed_alone(self, lane: Lane, inputs: Inputs) -> Embeddings:
+    async def _embed_alone(self, lane: Lane, inputs: Inputs, truncate: bool) -> Embeddings:
         address = lane.address
         address.calls += 1
         address.inputs += len(inputs)
@@ -174,19 +188,23 @@ class Batcher:
         except GatewayError as exc:
             if exc.upstream_kind is not None:
                 self.metrics.upstream_error(backend=self.name, kind=exc.upstream_kind)
-            if exc.status != 413 or len(inputs) == 1:
+            if not isinstance(exc, InputTooLong) and (exc.status != 413 or len(inputs) == 1):
                 raise
             too_big = exc
         else:
             address.limit.observe(time.monotonic() - started, in_flight, len(inputs))
+            if truncate:
+                result.truncated = []
             return result
         finally:
             address.calls -= 1
             address.inputs -= len(inputs)
             self._pump(address)
-        # the upstream's body limit is smaller than known: split, as for any call
+        # the upstream's body limit is smaller than known, or an input is too long: split, as
+        # for any call
         ticket = Ticket(inputs, [len(item) for item in inputs],
-                        asyncio.get_running_loop().create_future(), started, taken=len(inputs))
+                        asyncio.get_running_loop().create_future(), started, truncate,
+                        taken=len(inputs))
         part = Part(ticket, 0, len(inputs), list(range(len(inputs))))
         await self._recover(lane, Call(list(inputs), [part], full=True), too_big)
         return await ticket.future
@@ -218,11 +236,12 @@ class Batcher:
             address = self.addresses[base_url] = Address(limit)
         return address
 
-    def _lane(self, base_url: str, model: str, options: ModelConfig) -> Lane:
-        lane = self.lanes.get((model, base_url))
+    def _lane(self, base_url: str, model: str, options: ModelConfig, call: CallOptions) -> Lane:
+        lane = self.lanes.get((model, base_url, call))
         if lane is None:
             address = self.address(base_url)
-            lane = self.lanes[(model, base_url)] = Lane(model, options, base_url, address)
+            lane = self.lanes[(model, base_url, call)] = Lane(model, options, base_url, address,
+                                                              call)
             address.lanes.append(lane)
         return lane
 
@@ -397,14 +416,18 @@ class Batcher:
             part.ticket.calls -= 1
         self._pump(address)
 
-    async def _call(self, lane: Lane, inputs: list[Any]) -> Embeddings:
-        return await self.backend.embed(lane.base_url, lane.model, lane.options, inputs)
+    async def _call(self, lane: Lane, inputs: list[Any], truncate: bool = False) -> Embeddings:
+        return await self.backend.embed(lane.base_url, lane.model, lane.options, inputs,
+                                        options=lane.call, truncate=truncate)
 
     async def _recover(self, lane: Lane, call: Call, error: GatewayError) -> None:
         """A failed call: its requests get the error, unless the error is about one input
         (then each request is tried alone) or the body's size (then the call is split)."""
         live = [part for part in call.parts if not part.ticket.gone]
-        if error.status == 413 and len(call.inputs) > 1:
+        if isinstance(error, InputTooLong) and len(call.inputs) == 1:
+            await self._too_long(lane, live, error)
+            return
+        if (error.status == 413 or isinstance(error, InputTooLong)) and len(call.inputs) > 1:
             half = len(call.inputs) // 2
             await asyncio.gather(*(
                 self._retry(lane, parts) for parts in _split(live, half)
@@ -417,6 +440,27 @@ class Batcher:
             await asyncio.gather(*(self._retry(lane, parts) for parts in by_ticket.values()))
             return
         self._fail(lane, live, error)
+
+    async def _too_long(self, lane: Lane, parts: list[Part], error: InputTooLong) -> None:
+        """One input, refused alone as too long: each request that has it is refused with its
+        index, or has it cut by the upstream, as the request asked."""
+        limit = self.backend.input_limit(lane.model, lane.options)
+        for part in parts:
+            if not part.ticket.truncate:
+                self._fail(lane, [part], refusal(error, index=part.start, model=lane.model,
+                                                 limit=limit))
+        cut = [Part(p.ticket, p.start, p.stop, [0] * (p.stop - p.start))
+               for p in parts if p.ticket.truncate]
+        if not cut:
+            return
+        try:
+            result = await self._call(lane, [cut[0].ticket.inputs[cut[0].start]], truncate=True)
+        except GatewayError as exc:
+            self._fail(lane, cut, exc)
+            return
+        for part in cut:
+            part.ticket.truncated.update(range(part.start, part.stop))
+        self._deliver(lane, cut, result)
 
     async def _retry(self, lane: Lane, parts: list[Part]) -> None:
         """Send ``parts`` again as a call of their own (their inputs are already in flight:
@@ -468,7 +512,7 @@ class Batcher:
                 ticket.vectors[part.start:part.stop] = vectors[part.rows]
             ticket.answered += count
             if ticket.answered == len(ticket.inputs):
-                ticket.future.set_result(Embeddings(ticket.vectors, round(ticket.tokens)))
+                ticket.future.set_result(ticket.result())
 
     def _fail(self, lane: Lane, parts: list[Part], error: GatewayError) -> None:
         for ticket in {id(p.ticket): p.ticket for p in parts}.values():

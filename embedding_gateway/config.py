@@ -102,6 +102,20 @@ class GpuConfig:
     memory_gb: float = field(validator=_bounds(gt=0))
 
 
+INPUT_TYPES = ("query", "passage", "classification", "clustering")
+
+
+def _input_type_keys(_instance: Any, _attribute: Any, value: Mapping[str, Any]) -> None:
+    unknown = sorted(set(value) - set(INPUT_TYPES))
+    if unknown:
+        raise ValueError(f"keys must be input types ({', '.join(INPUT_TYPES)}), got {unknown}")
+
+
+def _input_type(_instance: Any, _attribute: Any, value: str | None) -> None:
+    if value is not None and value not in INPUT_TYPES:
+        raise ValueError(f"must be one of {', '.join(INPUT_TYPES)}, got {value!r}")
+
+
 @frozen(kw_only=True)
 class ModelConfig:
     aliases: list[str] = field(factory=list)
@@ -117,6 +131,15 @@ class ModelConfig:
     pinned: bool = False
     keep_alive: str | int | None = None  # Ollama only
     task: Task | None = None  # null: what the upstream reports (TEI, Infinity), else embed
+    # an input longer than the model takes: refused (400 naming it) or cut by the upstream
+    truncation: Literal["refuse", "truncate"] = "refuse"
+    max_input_tokens: int | None = field(default=None, validator=_bounds(gt=0))
+    # how input_type reaches the model: text put before each input, TEI prompt names, or
+    # the field itself sent on (servers that apply prompts themselves); see prompts.py
+    prompts: dict[str, str] = field(factory=dict, validator=_input_type_keys)
+    prompt_names: dict[str, str] = field(factory=dict, validator=_input_type_keys)
+    forward_input_type: bool = False
+    default_input_type: str | None = field(default=None, validator=_input_type)
 
 
 def ssh_supported() -> bool:
@@ -220,6 +243,20 @@ class BackendConfig:
             raise ValueError("a backend needs at least one model (or discover: true)")
         if self.api_key and urlsplit(self.base_url).username is not None:
             raise ValueError("credentials in base_url and api_key: give one of them")
+        for name, model in self.models.items():
+            self._check_inputs(name, model)
+
+    def _check_inputs(self, name: str, model: ModelConfig) -> None:
+        ways = [w for w in ("prompts", "prompt_names", "forward_input_type") if getattr(model, w)]
+        if len(ways) > 1:
+            raise ValueError(f"model {name!r}: {' and '.join(ways)}: give one of them")
+        if model.prompt_names and self.kind != "tei":
+            raise ValueError(f"model {name!r}: prompt_names is for tei backends only")
+        if model.forward_input_type and self.kind != "openai":
+            raise ValueError(f"model {name!r}: forward_input_type is for openai backends only")
+        if model.truncation == "truncate" and self.kind == "openai":
+            raise ValueError(f"model {name!r}: truncation: truncate needs an upstream the "
+                             "gateway can ask to truncate (ollama, tei, vllm)")
 
 
 @frozen(kw_only=True)

@@ -34,6 +34,7 @@ class _Unanswered(HttpError):
 class Reply:
     status: int
     body: bytes
+    compute_tokens: int | None = None  # TEI's x-compute-tokens: its native routes' token count
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self.headers_done = False
         self.framed = False  # Content-Length or chunked: the end is in the stream, not at EOF
         self.received = False  # any byte of an answer to the current request
+        self.compute_tokens: int | None = None
         self.closed = False
         self.idle_since = 0.0
 
@@ -65,6 +67,7 @@ class _Connection(asyncio.Protocol):
         self.reply = asyncio.get_running_loop().create_future()
         self.body, self.size = [], 0
         self.headers_done, self.framed, self.received = False, False, False
+        self.compute_tokens = None
         self.transport.write(data)
         return self.reply
 
@@ -112,6 +115,8 @@ class _Connection(asyncio.Protocol):
             name == b"transfer-encoding" and b"chunked" in value.lower()
         ):
             self.framed = True
+        elif name == b"x-compute-tokens" and value.isdigit():
+            self.compute_tokens = int(value)
 
     def on_message_begin(self) -> None:
         if self.reply is None or self.reply.done():  # a second answer to one request
@@ -136,7 +141,7 @@ class _Connection(asyncio.Protocol):
         if self.reply is None or self.reply.done():  # an answer nobody asked for
             self.close()
             return
-        self.reply.set_result(Reply(status, b"".join(self.body)))
+        self.reply.set_result(Reply(status, b"".join(self.body), self.compute_tokens))
         if not self.parser.should_keep_alive():
             self.close()
 

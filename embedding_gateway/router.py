@@ -9,6 +9,7 @@ from .batching import Batcher
 from .config import GatewayConfig, ModelConfig, Task
 from .errors import InvalidRequest, ModelNotFound, TaskMismatch, UnsupportedInput, UpstreamFailed
 from .metrics import Metrics
+from .prompts import apply_input_type
 from .rerank_schemas import RerankRequest, Scores
 from .reranking import rerank_documents
 from .schemas import EmbeddingRequest, Embeddings, cut_dimensions
@@ -99,6 +100,12 @@ class Router:
                 "takes text only; send strings, not token ids",
                 param="input",
             )
+        if self.truncates(request, route) and not upstream.backend.can_truncate:
+            raise InvalidRequest(
+                f"model {request.model!r} is served by {upstream.backend.config.kind}, which "
+                "the gateway cannot ask to truncate; send \"truncate\": false",
+                param="truncate",
+            )
         dims = request.dimensions
         if dims is not None:
             if not route.options.matryoshka:
@@ -128,12 +135,23 @@ class Router:
                 upstream_kind="mismatch",
             )
 
+    @staticmethod
+    def truncates(request: EmbeddingRequest, route: Route) -> bool:
+        """Is an over-long input cut (rather than refused)? The request says, else its model."""
+        if request.truncate is not None:
+            return request.truncate
+        return route.options.truncation == "truncate"
+
     async def embed(self, request: EmbeddingRequest, route: Route) -> Embeddings:
         upstream = self.upstreams[route.backend]
         batcher = self.batchers[route.backend]
+        # prompts go on before the batcher (and any cache) sees the text
+        inputs, call = apply_input_type(route.options, request.input_type, request.inputs)
+        truncate = self.truncates(request, route)
         async with upstream.lease(route.model) as base_url:
             self.check_task(route, request.model, "embed", known=True)
-            result = await batcher.embed(base_url, route.model, route.options, request.inputs)
+            result = await batcher.embed(base_url, route.model, route.options, inputs,
+                                         call=call, truncate=truncate)
             # inside the lease, so that the upstream is marked as serving something else
             self._check_size(route, result.vectors.shape[1])
         vectors = result.vectors
@@ -145,7 +163,7 @@ class Router:
                     param="dimensions",
                 )
             vectors = cut_dimensions(vectors, request.dimensions)
-        return Embeddings(vectors, result.prompt_tokens)
+        return Embeddings(vectors, result.prompt_tokens, result.truncated)
 
     async def rerank(self, request: RerankRequest, route: Route) -> Scores:
         """Scores for every document, from the model asked for; ``check_task`` has let the

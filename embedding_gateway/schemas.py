@@ -17,6 +17,8 @@ from pybase64 import b64encode  # SIMD base64: the standard library's results, f
 
 from .encodings import COMPACT_FORMATS, CompactFormat, quantize
 from .errors import InvalidRequest, PayloadTooLarge
+from .prompts import parse_input_type
+from .truncation import parse_truncate
 
 EncodingFormat = Literal["float", "base64"] | CompactFormat
 ENCODING_FORMATS = ("float", "base64", *COMPACT_FORMATS)
@@ -30,6 +32,8 @@ class EmbeddingRequest:
     tokens: bool  # True when inputs are token id lists
     encoding_format: EncodingFormat
     dimensions: int | None
+    input_type: str | None = None  # one of config.INPUT_TYPES (prompts.py)
+    truncate: bool | None = None  # None: the model's ``truncation`` applies (truncation.py)
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Embeddings:
 
     vectors: np.ndarray  # shape (n, dims), float32
     prompt_tokens: int
+    truncated: list[int] | None = None  # inputs the upstream cut; None: truncation was off
 
 
 def _is_token_list(value: Any) -> bool:
@@ -111,7 +116,9 @@ def parse_embedding_request(body: bytes, *, max_inputs: int) -> EmbeddingRequest
     user = data.get("user")
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("'user' must be a string", param="user")
-    return EmbeddingRequest(model, inputs, tokens, encoding_format, dimensions)
+    return EmbeddingRequest(model, inputs, tokens, encoding_format, dimensions,
+                            parse_input_type(data.get("input_type")),
+                            parse_truncate(data.get("truncate")))
 
 
 def cut_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
@@ -139,7 +146,10 @@ def _rows(vectors: np.ndarray, encoding_format: EncodingFormat) -> Iterator[byte
 def _tail(result: Embeddings, model: str) -> bytes:
     tokens = result.prompt_tokens
     usage = orjson.dumps({"prompt_tokens": tokens, "total_tokens": tokens})
-    return b'],"model":' + orjson.dumps(model) + b',"usage":' + usage + b"}"
+    tail = b'],"model":' + orjson.dumps(model) + b',"usage":' + usage
+    if result.truncated is not None:
+        tail += b',"truncated_inputs":' + orjson.dumps(result.truncated)
+    return tail + b"}"
 
 
 _HEAD = b'{"object":"list","data":['

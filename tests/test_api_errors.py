@@ -157,10 +157,10 @@ async def test_unknown_route_and_wrong_method_use_the_envelope() -> None:
         assert_error(status, body, 405)
 
 
-async def test_tei_422_for_an_over_long_input_keeps_its_status_and_message() -> None:
+async def test_teis_422_for_an_over_long_input_is_a_400_with_its_message() -> None:
     async with tei_gateway(max_input_length=8, auto_truncate=False) as (url, session, _):
         status, body, _ = await call(session, url, {"model": "bge", "input": LONG_TEXT})
-        message = assert_error(status, body, 422)
+        message = assert_error(status, body, 400, "input")
         assert "must have less than 8 tokens" in message
 
 

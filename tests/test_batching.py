@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from embedding_gateway.batching import Ticket
+from embedding_gateway.prompts import NO_OPTIONS
 from embedding_gateway.state import GATEWAY
 from tests.conftest import run_gateway, serve_app
 from tests.fakes import FAKE_STATE, FakeState, serve_fake
@@ -61,7 +62,8 @@ def assert_own_rows(body: dict[str, Any], texts: list[str]) -> None:
 
 
 def upstream_inputs(state: FakeState) -> list[list[str]]:
-    return [body["input"] for path, body in state.requests if path.endswith("embeddings")]
+    return [body.get("input") or body["inputs"] for path, body in state.requests
+            if path.endswith(("embeddings", "/embed"))]
 
 
 async def test_concurrent_requests_share_calls_and_each_gets_its_own_rows() -> None:
@@ -128,8 +130,9 @@ async def test_one_poisoned_input_fails_only_its_own_request() -> None:
         assert (await first)[0] == 200
         for index, ((status, body, _), mine) in enumerate(zip(results, texts, strict=True)):
             if index == 3:
-                assert status == 422, body
-                assert "must have less than 8 tokens" in body["error"]["message"]
+                assert status == 400, body
+                assert body["error"]["code"] == "input_too_long"
+                assert body["error"]["message"].startswith("'input[1]' is 50 tokens long")
             else:
                 assert status == 200, body
                 assert_own_rows(body, mine)
@@ -308,7 +311,7 @@ async def test_a_call_cancelled_before_it_ever_ran_gives_its_place_back() -> Non
         async with serve_app(config) as (_url, gateway_app):
             batcher = gateway_app[GATEWAY].batchers["b"]
             options = gateway_app[GATEWAY].config.backends["b"].models[MODEL]
-            lane = batcher._lane(upstream, MODEL, options)
+            lane = batcher._lane(upstream, MODEL, options, NO_OPTIONS)
             loop = asyncio.get_running_loop()
             ticket = Ticket(["gone"], [4], loop.create_future(), loop.time())
             lane.queue.append(ticket)

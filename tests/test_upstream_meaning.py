@@ -52,7 +52,8 @@ async def test_ollamas_runner_crash_behind_a_400_is_not_the_clients_fault() -> N
             app[FAKE_STATE].fail = (400, "the input length exceeds the context length")
             status, body, _ = await post(url, "bge-m3")
             assert status == 400, body
-            assert body["error"]["message"] == "the input length exceeds the context length"
+            assert body["error"]["code"] == "input_too_long"
+            assert "the input length exceeds the context length" in body["error"]["message"]
 
 
 async def test_a_fastapi_422_reaches_the_client_as_its_message() -> None:

@@ -25,9 +25,11 @@ from ..errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from ..http_client import HttpClient, HttpError
+from ..http_client import HttpClient, HttpError, Reply
+from ..prompts import NO_OPTIONS, CallOptions
 from ..rerank_schemas import Scores
 from ..schemas import Embeddings, Inputs
+from ..truncation import too_long
 
 
 @dataclass
@@ -201,6 +203,7 @@ class Backend(ABC):
     kind: str
     accepts_tokens: bool = False
     learns_tasks: bool = False  # does its check report what each model does?
+    can_truncate: bool = True  # can be asked to cut an over-long input at the model's limit
     default_batch: int = 32
     default_request_bytes: int | None = None  # the upstream's default body limit, if any
 
@@ -236,9 +239,15 @@ class Backend(ABC):
 
     @abstractmethod
     async def embed(
-        self, base_url: str, name: str, model: ModelConfig, inputs: Inputs
+        self, base_url: str, name: str, model: ModelConfig, inputs: Inputs, *,
+        options: CallOptions = NO_OPTIONS, truncate: bool = False,
     ) -> Embeddings:
-        """Vectors for one chunk (within ``batch_limit``), verified to come from ``model``."""
+        """Vectors for one chunk (within ``batch_limit``), verified to come from ``model``.
+        With ``truncate`` false an over-long input fails the call with ``InputTooLong``."""
+
+    def input_limit(self, name: str, model: ModelConfig) -> int | None:
+        """The model's input limit in tokens: configured, else as the upstream reports it."""
+        return model.max_input_tokens
 
     async def rerank(self, base_url: str, name: str, model: ModelConfig, query: str,
                      documents: list[str]) -> Scores:
@@ -309,6 +318,13 @@ class Backend(ABC):
         self, method: str, url: str, payload: Any | None = None, *, timeout: float | None = None
     ) -> Any:
         """One upstream call; every failure becomes the right ``GatewayError``."""
+        body, _ = await self.request_reply(method, url, payload, timeout=timeout)
+        return body
+
+    async def request_reply(
+        self, method: str, url: str, payload: Any | None = None, *, timeout: float | None = None
+    ) -> tuple[Any, Reply]:
+        """``request_json``, and the reply it was read from."""
         where = f"upstream {self.name!r}"
         timeout = timeout or self.config.timeout
         headers = self._headers
@@ -344,7 +360,7 @@ class Backend(ABC):
             if body is None and raw:
                 raise UpstreamFailed(f"{where} returned a body that is not JSON",
                                      upstream_kind="bad_response")
-            return body
+            return body, reply
         error = self.translate_error(status, body, raw)
         error.upstream_kind = "status_4xx" if status < 500 else "status_5xx"
         raise error
@@ -363,7 +379,7 @@ class Backend(ABC):
         if status in (401, 403):
             return UpstreamFailed(f"{where} rejected the gateway's credentials ({status})")
         if 400 <= status < 500 and status != 424:
-            return UpstreamRejected(text, status=status)
+            return too_long(status, text) or UpstreamRejected(text, status=status)
         return UpstreamFailed(f"{where} failed with HTTP {status}: {text}")
 
 

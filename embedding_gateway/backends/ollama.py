@@ -13,6 +13,7 @@ import structlog
 
 from ..config import ModelConfig
 from ..errors import GatewayError, UpstreamFailed
+from ..prompts import NO_OPTIONS, CallOptions
 from ..schemas import Embeddings, Inputs
 from .base import (
     Backend,
@@ -38,8 +39,9 @@ def match_key(name: str) -> str:
 
 # Ollama answers 400 for every failure of /api/embed, its runner's crashes included
 # (server/routes.go): only these messages are about the request itself
-CLIENT_FAULTS = ("input length exceeds", "invalid input", "dimensions", "is required",
-                 "request body", "json", "unsupported type", "cannot be empty")
+CLIENT_FAULTS = ("input length exceeds", "exceeds maximum context length", "invalid input",
+                 "dimensions", "is required", "request body", "json", "unsupported type",
+                 "cannot be empty")
 
 
 class OllamaBackend(Backend):
@@ -65,13 +67,14 @@ class OllamaBackend(Backend):
         return {} if value is None else {"keep_alive": value}
 
     async def embed(
-        self, base_url: str, name: str, model: ModelConfig, inputs: Inputs
+        self, base_url: str, name: str, model: ModelConfig, inputs: Inputs, *,
+        options: CallOptions = NO_OPTIONS, truncate: bool = False,
     ) -> Embeddings:
         asked = served_name(name, model)
         body = await self.request_json(
             "POST",
             f"{base_url}/api/embed",
-            {"model": asked, "input": inputs, "truncate": True, **self._keep_alive(model)},
+            {"model": asked, "input": inputs, "truncate": truncate, **self._keep_alive(model)},
         )
         where = f"upstream {self.name!r}"
         with reading(where):

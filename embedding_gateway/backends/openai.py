@@ -15,6 +15,7 @@ import structlog
 
 from ..config import ModelConfig, Task
 from ..errors import UpstreamFailed, UpstreamRejected
+from ..prompts import NO_OPTIONS, CallOptions
 from ..rerank_schemas import Scores
 from ..schemas import Embeddings, Inputs
 from .base import (
@@ -37,6 +38,7 @@ class OpenAIBackend(Backend):
     accepts_tokens = True
     learns_tasks = True
     default_batch = 256
+    can_truncate = False  # OpenAI's API has no such field; vLLM's adapter adds its own
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,14 +69,21 @@ class OpenAIBackend(Backend):
         log.info("api_prefix_found", backend=self.name, base_url=base_url, prefix="")
         return body
 
+    def call_fields(self, options: CallOptions, truncate: bool) -> dict[str, Any]:
+        """Fields beyond OpenAI's that a call carries: ``input_type`` for servers that
+        apply their own prompts."""
+        return {} if options.input_type is None else {"input_type": options.input_type}
+
     async def embed(
-        self, base_url: str, name: str, model: ModelConfig, inputs: Inputs
+        self, base_url: str, name: str, model: ModelConfig, inputs: Inputs, *,
+        options: CallOptions = NO_OPTIONS, truncate: bool = False,
     ) -> Embeddings:
         asked = served_name(name, model)  # vLLM accepts only its --served-model-name
         body = await self.request_json(
             "POST",
             f"{self.api_root(base_url)}/embeddings",
-            {"model": asked, "input": inputs, "encoding_format": "base64"},
+            {"model": asked, "input": inputs, "encoding_format": "base64",
+             **self.call_fields(options, truncate)},
         )
         where = f"upstream {self.name!r}"
         with reading(where):
@@ -111,6 +120,8 @@ class OpenAIBackend(Backend):
             usage = body.get("usage") or {}
             tokens = token_count(usage.get("prompt_tokens", usage.get("total_tokens")), where)
             return Scores(scores_by_index(items, expected, where), tokens)
+    def read_cards(self, cards: list[Any]) -> None:
+        """What else a ``/models`` answer says of its models (vLLM: ``max_model_len``)."""
 
     async def probe(self, base_url: str, timeout: float) -> Probe:
         body = await self._models(base_url, timeout)
@@ -119,6 +130,7 @@ class OpenAIBackend(Backend):
             for card in body["data"]:  # Ollama's ids carry their tag: bge-m3:latest
                 for name in {str(card["id"]), str(card["id"]).removesuffix(":latest")}:
                     self.tasks[name] = _task(card)
+            self.read_cards(body["data"])
             by_root: dict[str, set[str]] = {}
             for card in body["data"]:  # vLLM: one card per served name, ``root`` the weights
                 if isinstance(card, dict) and card.get("root"):

@@ -8,6 +8,10 @@ or the ``--served-model-name``), what it does (``model_type``: ``embedding``, ``
 ``classifier``) and its client batch limit. Errors on ``/v1/embeddings`` are flat
 ``{"message","code","type"}``, on native routes ``{"error","error_type"}``.
 
+``/v1/embeddings`` truncates as the server's ``--auto-truncate`` says and takes no prompt name;
+a call that needs otherwise goes to the native ``/embed`` (``truncate``, ``prompt_name``),
+which answers float lists and counts tokens in its ``x-compute-tokens`` header.
+
 ``/rerank`` (``router/src/http/server.rs``) takes ``{"query", "texts", "raw_scores",
 "return_text", "truncate"}`` and answers ``[{"index", "score", "text"?}]`` sorted by score,
 naming no model: the adapter reads ``/info`` after each answer, and its scores are used only
@@ -22,9 +26,18 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig, Task
-from ..errors import GatewayError, TaskMismatch
+from ..errors import GatewayError, TaskMismatch, UpstreamFailed
+from ..prompts import NO_OPTIONS, CallOptions
 from ..rerank_schemas import Scores
-from .base import Probe, model_mismatch, reading, scores_by_index, served_name
+from ..schemas import Embeddings, Inputs
+from .base import (
+    Probe,
+    decode_vectors,
+    model_mismatch,
+    reading,
+    scores_by_index,
+    served_name,
+)
 from .openai import OpenAIBackend
 
 TEI_LIMITS = ("max_client_batch_size", "max_input_length", "max_batch_tokens",
@@ -35,6 +48,28 @@ class TEIBackend(OpenAIBackend):
     kind = "tei"
     default_batch = 32  # TEI's default --max-client-batch-size, until /info says otherwise
     default_request_bytes = 2_000_000  # TEI's default --payload-limit (a 413 above it)
+    can_truncate = True
+
+    def input_limit(self, name: str, model: ModelConfig) -> int | None:
+        learnt = self.limits.get("max_input_length")
+        return model.max_input_tokens or (learnt if type(learnt) is int else None)
+
+    async def embed(
+        self, base_url: str, name: str, model: ModelConfig, inputs: Inputs, *,
+        options: CallOptions = NO_OPTIONS, truncate: bool = False,
+    ) -> Embeddings:
+        if options.prompt_name is None and self.limits.get("auto_truncate") is truncate:
+            return await super().embed(base_url, name, model, inputs, options=options,
+                                       truncate=truncate)
+        payload = {"inputs": inputs, "truncate": truncate, "normalize": True}
+        if options.prompt_name is not None:
+            payload["prompt_name"] = options.prompt_name
+        body, reply = await self.request_reply("POST", f"{base_url}/embed", payload)
+        where = f"upstream {self.name!r} /embed"
+        if not isinstance(body, list):
+            raise UpstreamFailed(f"{where} returned no list of vectors",
+                                 upstream_kind="bad_response")
+        return Embeddings(decode_vectors(body, len(inputs), where), reply.compute_tokens or 0)
 
     async def probe(self, base_url: str, timeout: float) -> Probe:
         await self.request_json("GET", f"{base_url}/health", timeout=timeout)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import UpstreamRejected
+from ..prompts import CallOptions
 from ..rerank_schemas import Scores
 from .base import Probe, served_name
 from .openai import OpenAIBackend
@@ -24,10 +25,20 @@ from .openai import OpenAIBackend
 class VLLMBackend(OpenAIBackend):
     kind = "vllm"
     learns_tasks = False
+    can_truncate = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._score_only: set[str] = set()  # base URLs whose server has /score, no /rerank
+        self._max_model_len: dict[str, int] = {}  # served name -> its max_model_len
+
+    def call_fields(self, options: CallOptions, truncate: bool) -> dict[str, Any]:
+        """``truncate_prompt_tokens: -1`` cuts each input at the model's max_model_len."""
+        fields = super().call_fields(options, truncate)
+        return {**fields, "truncate_prompt_tokens": -1} if truncate else fields
+
+    def input_limit(self, name: str, model: ModelConfig) -> int | None:
+        return model.max_input_tokens or self._max_model_len.get(served_name(name, model))
 
     async def probe(self, base_url: str, timeout: float) -> Probe:
         server = base_url.removesuffix("/v1")  # /health is beside /v1, not under it
@@ -47,3 +58,7 @@ class VLLMBackend(OpenAIBackend):
             "POST", f"{self.api_root(base_url)}/score",
             {"model": served_name(name, model), "text_1": query, "text_2": documents})
         return self.read_ranking(body, name, model, len(documents))
+    def read_cards(self, cards: list[Any]) -> None:
+        self._max_model_len = {str(card["id"]): card["max_model_len"] for card in cards
+                               if isinstance(card, dict)
+                               and type(card.get("max_model_len")) is int}

@@ -32,7 +32,7 @@ from tests.fakes import (
     pause,
     run_cli,
 )
-from tests.fakes.vectors import count_tokens, cut, fake_vector
+from tests.fakes.vectors import count_tokens, cut, fake_vector, truncate_item
 
 VERSION = "0.12.6"
 DEFAULT_KEEP_ALIVE = 300.0
@@ -348,6 +348,7 @@ def _embed_texts(
             if not truncate:
                 raise OllamaError(400, "the input length exceeds the context length")
             count = state.context_length
+            text = str(truncate_item(text, count))  # tokenized, cut and detokenized
         tokens += count
         vector = fake_vector(untagged(full), text, dims)
         if isinstance(dimensions, int) and 0 < dimensions < dims:

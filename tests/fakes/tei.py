@@ -32,7 +32,7 @@ from tests.fakes import (
     run_cli,
 )
 from tests.fakes.scores import fake_score
-from tests.fakes.vectors import Item, count_tokens, cut, fake_vectors
+from tests.fakes.vectors import Item, count_tokens, cut, fake_vectors, truncate_item
 
 VERSION = "1.9.0"
 PAYLOAD_LIMIT = 2_000_000
@@ -58,6 +58,7 @@ class TeiState(FakeState):
     served_model_name: str | None = None
     api_key: str | None = None
     model_type: Literal["embedding", "reranker"] = "embedding"
+    prompts: dict[str, str] = field(default_factory=dict)  # sentence-transformers' prompts
     in_flight: int = 0
     peak_in_flight: int = 0  # the most inputs it held permits for at once
     slots: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
@@ -101,6 +102,7 @@ def create_tei_app(
     payload_limit: int = PAYLOAD_LIMIT,
     api_key: str | None = None,
     model_type: Literal["embedding", "reranker"] = "embedding",
+    prompts: dict[str, str] | None = None,
 ) -> web.Application:
     state = TeiState(
         model=model_id,
@@ -112,6 +114,7 @@ def create_tei_app(
         served_model_name=served_model_name,
         api_key=api_key,
         model_type=model_type,
+        prompts=dict(prompts or {}),
     )
     app = web.Application(client_max_size=payload_limit, middlewares=[_payload_limit])
     install_state(app, state)
@@ -235,13 +238,18 @@ async def embed(request: web.Request) -> web.Response:
         return body
     try:
         truncate = body.get("truncate")
-        vectors, _ = await _embed(request, body.get("inputs"), truncate, body)
+        vectors, tokens = await _embed(request, body.get("inputs"), truncate, body)
     except TeiError as exc:
         body = {"error": exc.message, "error_type": exc.error_type}
         return web.json_response(body if exc.raw is None else exc.raw, status=exc.status)
     except _Rejected as exc:
         return _rejection(str(exc))
-    return web.json_response(vectors.tolist())
+    return web.json_response(vectors.tolist(), headers=_metadata(tokens))
+
+
+def _metadata(tokens: int) -> dict[str, str]:
+    """Some of the headers TEI's ResponseMetadata puts on every answer."""
+    return {"x-compute-type": "gpu+optimized", "x-compute-tokens": str(tokens)}
 
 
 async def openai_embed(request: web.Request) -> web.Response:
@@ -271,7 +279,8 @@ async def openai_embed(request: web.Request) -> web.Response:
             "data": data,
             "model": state.served_model_name or state.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        },
+        headers=_metadata(tokens),
     )
 
 
@@ -318,8 +327,15 @@ async def _embed(
         )
     if truncate is None:
         truncate = state.auto_truncate
+    prompt_name = body.get("prompt_name")
+    if prompt_name is not None:  # text before each input, from the model's own config
+        if prompt_name not in state.prompts:
+            raise TeiError(422, f"Input validation error: Prompt name `{prompt_name}` "
+                                "was not found in the prompts")
+        items = [state.prompts[prompt_name] + item if isinstance(item, str) else item
+                 for item in items]
     tokens = 0
-    for item in items:
+    for position, item in enumerate(items):
         count = count_tokens(item)
         if count > state.max_input_length:
             if not truncate:
@@ -329,6 +345,7 @@ async def _embed(
                     f"{state.max_input_length} tokens. Given: {count}",
                 )
             count = state.max_input_length
+            items[position] = truncate_item(item, count)
         tokens += count
     async with _Permits(state, len(items)):
         if state.delay > 0:

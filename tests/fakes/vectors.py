@@ -70,3 +70,12 @@ def count_tokens(item: Item) -> int:
     if isinstance(item, str):
         return max(1, len(item.split()))
     return len(item)
+
+
+def truncate_item(item: Item, limit: int) -> Item:
+    """What an upstream embeds of `item` when it cuts it at `limit` tokens of the fake
+    tokenizer, keeping the start: the first `limit` words, or ids."""
+    if isinstance(item, str):
+        words = item.split()
+        return item if len(words) <= limit else " ".join(words[:limit])
+    return list(item)[:limit]

@@ -38,7 +38,7 @@ from tests.fakes import (
     run_cli,
 )
 from tests.fakes.scores import fake_score
-from tests.fakes.vectors import Item, count_tokens, cut, fake_vector, fake_vectors
+from tests.fakes.vectors import Item, count_tokens, cut, fake_vector, fake_vectors, truncate_item
 
 VERSION = "0.11.0"
 MAX_BODY = 64 * 1024 * 1024
@@ -271,6 +271,8 @@ def _embed(state: VllmState, body: dict[str, Any]) -> web.Response:
         if not isinstance(dimensions, int) or dimensions < 1:
             raise VllmError(400, "Dimensions must be greater than 0")
     limit = _truncation(state, body.get("truncate_prompt_tokens"))
+    if limit is not None:
+        items = [truncate_item(item, limit) for item in items]
     tokens = 0
     for item in items:
         count = count_tokens(item) if limit is None else min(count_tokens(item), limit)
