@@ -32,4 +32,4 @@ async def test_preload_loads_at_start_and_keep_alive_is_passed_on() -> None:
                 assert resp.status == 200
             assert state.keep_alives[-1] == ("nomic-embed-text:latest", "30m")  # backend default
             embeds = [b for p, b in state.requests if p == "/api/embed" and b.get("input")]
-            assert embeds[-1]["truncate"] is True
+            assert embeds[-1]["truncate"] is False  # calls go out strict (truncation.py)
