@@ -376,6 +376,11 @@ class Supervisor(Upstream):
             if probe is not None:
                 if not await self.runtime.is_alive(instance.handle):
                     continue  # what answered is not this instance: it is gone (see above)
+                if await self.runtime.listens(instance.handle) is False:
+                    raise RuntimeStartError(
+                        f"port {instance.port} is answered by a program this gateway did not "
+                        "start (it took the port after the check before the start); stop it, "
+                        "or move this backend")
                 if expected in probe.served:
                     return
                 raise RuntimeStartError(

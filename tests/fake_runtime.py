@@ -159,6 +159,9 @@ class FakeRuntime:
         instance = self._instances.get(handle.ref)
         return instance is not None and instance.alive
 
+    async def listens(self, handle: InstanceHandle) -> bool | None:
+        return None
+
     async def exit_status(self, handle: InstanceHandle) -> str | None:
         return None if await self.is_alive(handle) else "killed by signal 9 (SIGKILL)"
 

@@ -13,11 +13,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from embedding_gateway.state import GATEWAY
 from embedding_gateway.supervisor import Supervisor
 from tests.conftest import serve_app
+from tests.fakes.tei import create_tei_app
 from tests.ports import free_port
 from tests.service_support import REPO_ROOT
 
@@ -111,3 +113,29 @@ async def test_a_serving_process_killed_from_outside_is_logged_with_its_signal()
     assert died, events
     assert died[0]["how"] == "killed by signal 9 (SIGKILL)", died[0]
     assert "tei listening on http://127.0.0.1" in died[0]["last_lines"], died[0]
+
+
+async def test_a_program_that_takes_the_port_after_the_check_is_not_taken_for_the_instance(
+) -> None:
+    """The managed command never listens; another server binds its port after the check
+    before the start, and answers as the right model: the start fails, naming the port."""
+    port = free_port()
+    async with serve_app(managed_tei(port, ["sleep", "600"])) as (url, app), \
+            aiohttp.ClientSession() as session:
+        request = asyncio.create_task(embed(session, url))
+        supervisor = app[GATEWAY].upstreams["local"]
+        assert isinstance(supervisor, Supervisor)
+        for _ in range(200):  # started: the port was free at the check
+            if any(i.handle is not None for i in supervisor.instances.values()):
+                break
+            await asyncio.sleep(0.05)
+        impostor = web.AppRunner(create_tei_app(MODEL, dims=8))
+        await impostor.setup()
+        await web.TCPSite(impostor, "127.0.0.1", port).start()
+        try:
+            status, body = await request
+        finally:
+            await impostor.cleanup()
+    assert status == 503, body
+    assert f"port {port} is answered by a program this gateway did not start" \
+        in body["error"]["message"], body

@@ -65,6 +65,11 @@ class Runtime(Protocol):
         """False once the process or container has exited; ``RuntimeStartError`` when the
         runtime cannot tell (a Docker daemon that does not answer)."""
 
+    async def listens(self, handle: InstanceHandle) -> bool | None:
+        """Whether the socket listening on its host port is the instance's own (False: a
+        program this gateway did not start answers there), or ``None`` where that cannot be
+        told or needs no telling (Docker publishes the port only for its container)."""
+
     async def exit_status(self, handle: InstanceHandle) -> str | None:
         """How it ended ("exited with status 3", "killed by signal 9 (SIGKILL)", "killed:
         out of memory"), or ``None`` while it runs or when that cannot be known."""

@@ -276,6 +276,9 @@ class DockerRuntime:
             container = await self._container(handle.ref)
         return container is not None and container.status == "running"
 
+    async def listens(self, handle: InstanceHandle) -> bool | None:
+        return None  # the engine published the port for this container, or failed the start
+
     async def exit_status(self, handle: InstanceHandle) -> str | None:
         with self._api_errors("reading container state"):
             container = await self._container(handle.ref)

@@ -25,7 +25,7 @@ from ..config import ManagedConfig
 from ..errors import RuntimeStartError
 from ..systemd import child_environ
 from .base import FoundInstance, InstanceHandle, InstanceSpec
-from .ports import is_port_free
+from .ports import is_port_free, listening_sockets, sockets_of_group
 from .secrets import scrub
 
 LOG_LINES = 200
@@ -212,6 +212,15 @@ class ProcessRuntime:
     async def is_alive(self, handle: InstanceHandle) -> bool:
         running = self._running.get(handle.ref)
         return running is not None and running.process.returncode is None
+
+    async def listens(self, handle: InstanceHandle) -> bool | None:
+        running = self._running.get(handle.ref)
+        if running is None:
+            return None
+        listening = await asyncio.to_thread(listening_sockets, handle.spec.host_port)
+        if not listening:
+            return None  # nothing listens (it is still starting), or /proc does not say
+        return bool(listening & await asyncio.to_thread(sockets_of_group, running.process.pid))
 
     async def exit_status(self, handle: InstanceHandle) -> str | None:
         running = self._running.get(handle.ref)
