@@ -101,6 +101,7 @@ def model_entry(gateway: Gateway, router: Router, name: str, route: Route) -> di
         "alias_of": route.alias_of,
         "dimensions": route.options.dimensions,
         "matryoshka": route.options.matryoshka,
+        "max_input_tokens": upstream.backend.input_limit(route.model, route.options),
         "task": router.task(route),
         "managed": upstream.managed,
         **upstream.model_state(route.model).as_dict(),

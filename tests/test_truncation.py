@@ -102,6 +102,22 @@ async def test_truncated_by_the_upstream_and_named_on_every_backend(kind: str, w
 
 
 @pytest.mark.parametrize("kind", list(FAKES))
+async def test_the_limit_is_learnt_from_the_upstream_or_configured(kind: str) -> None:
+    async def listed(url: str) -> Any:
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/models") as resp:
+            return {card["id"]: card["max_input_tokens"] for card in (await resp.json())["data"]}
+
+    async with gateway(kind) as (url, _):  # Ollama reports no limit; TEI and vLLM do
+        assert (await post(url, input="x"))[0] == 200  # served: the upstream has been checked
+        assert await listed(url) == {MODEL: None if kind == "ollama" else LIMIT}
+    async with gateway(kind, max_input_tokens=LIMIT - 2) as (url, _):
+        assert await listed(url) == {MODEL: LIMIT - 2}
+        status, body, _ = await post(url, input=["short", LONG])
+        assert status == 400
+        assert f"takes at most {LIMIT - 2} tokens" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("kind", list(FAKES))
 async def test_a_request_may_refuse_what_its_model_would_truncate(kind: str) -> None:
     async with gateway(kind, truncation="truncate") as (url, _):
         status, body, _ = await post(url, input=[LONG], truncate="NONE")
