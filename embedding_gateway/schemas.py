@@ -17,7 +17,7 @@ from pybase64 import b64encode  # SIMD base64: the standard library's results, f
 
 from .encodings import COMPACT_FORMATS, CompactFormat, quantize
 from .errors import InvalidRequest, PayloadTooLarge
-from .prompts import parse_input_type
+from .prompts import parse_input_type, parse_prompt_name
 from .truncation import parse_truncate
 
 EncodingFormat = Literal["float", "base64"] | CompactFormat
@@ -34,6 +34,7 @@ class EmbeddingRequest:
     dimensions: int | None
     input_type: str | None = None  # one of config.INPUT_TYPES (prompts.py)
     truncate: bool | None = None  # None: the model's ``truncation`` applies (truncation.py)
+    prompt_name: str | None = None  # TEI's own field, for TEI models only
 
 
 @dataclass
@@ -118,7 +119,8 @@ def parse_embedding_request(body: bytes, *, max_inputs: int) -> EmbeddingRequest
         raise InvalidRequest("'user' must be a string", param="user")
     return EmbeddingRequest(model, inputs, tokens, encoding_format, dimensions,
                             parse_input_type(data.get("input_type")),
-                            parse_truncate(data.get("truncate")))
+                            parse_truncate(data.get("truncate")),
+                            parse_prompt_name(data.get("prompt_name")))
 
 
 def cut_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:

@@ -106,6 +106,22 @@ async def test_tei_prompt_names_are_sent_as_its_prompt_name() -> None:
                                        atol=1e-6)
         names = [r.get("prompt_name") for path, r in app[FAKE_STATE].requests if path == "/embed"]
         assert names[:2] == ["query", "document"]
+        status, body = await embed(url, MODEL, prompt_name="document")  # TEI's own field
+        assert status == 200, body
+        np.testing.assert_allclose(vector(body), fake_vector(MODEL, "passage: " + TEXT, DIMS),
+                                   atol=1e-6)
+        status, body = await embed(url, MODEL, prompt_name="nope")  # TEI's refusal, passed on
+        assert status == 422 and "`nope`" in body["error"]["message"]
+
+
+async def test_teis_prompt_name_is_refused_by_a_backend_without_it() -> None:
+    app = create_vllm_app(MODEL, dims=DIMS)
+    async with serve_fake(app) as upstream, run_gateway({"backends": {"v": {
+        "kind": "vllm", "base_url": upstream, "models": {MODEL: {}},
+    }}}) as url:
+        status, body = await embed(url, MODEL, prompt_name="query")
+        assert status == 400 and body["error"]["param"] == "prompt_name"
+        assert not [p for p, _ in app[FAKE_STATE].requests if p.endswith("embeddings")]
 
 
 def test_a_prompt_table_is_checked_against_its_backend() -> None:

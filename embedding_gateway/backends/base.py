@@ -204,6 +204,7 @@ class Backend(ABC):
     accepts_tokens: bool = False
     learns_tasks: bool = False  # does its check report what each model does?
     can_truncate: bool = True  # can be asked to cut an over-long input at the model's limit
+    takes_prompt_name: bool = False  # TEI: a request may name one of the model's own prompts
     default_batch: int = 32
     default_request_bytes: int | None = None  # the upstream's default body limit, if any
 

@@ -49,6 +49,7 @@ class TEIBackend(OpenAIBackend):
     default_batch = 32  # TEI's default --max-client-batch-size, until /info says otherwise
     default_request_bytes = 2_000_000  # TEI's default --payload-limit (a 413 above it)
     can_truncate = True
+    takes_prompt_name = True
 
     def input_limit(self, name: str, model: ModelConfig) -> int | None:
         learnt = self.limits.get("max_input_length")
