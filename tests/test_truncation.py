@@ -180,3 +180,17 @@ async def test_truncation_on_a_backend_that_cannot_be_asked_is_refused_up_front(
         status, body, _ = await post(url, input=["x"], truncate=True)
         assert status == 400 and body["error"]["param"] == "truncate"
         assert not [p for p, _ in app[FAKE_STATE].requests if p.endswith("embeddings")]
+
+
+async def test_teis_embed_route_never_gives_another_models_vectors() -> None:
+    """Strict calls to an auto-truncating TEI go to /embed, whose answers name no model: a TEI
+    that starts serving other weights between health checks is caught by /info after the
+    answer, as /v1/embeddings answers are by their ``model``."""
+    from tests.fakes.tei import TEI_STATE
+
+    async with gateway("tei") as (url, app):
+        assert (await post(url, input=["x"]))[0] == 200
+        app[TEI_STATE].model = "another/model"
+        status, body, _ = await post(url, input=["x"])
+        assert status == 502 and body["error"]["code"] == "model_mismatch", body
+        assert [p for p, _ in app[FAKE_STATE].requests if p == "/embed"]

@@ -10,7 +10,8 @@ or the ``--served-model-name``), what it does (``model_type``: ``embedding``, ``
 
 ``/v1/embeddings`` truncates as the server's ``--auto-truncate`` says and takes no prompt name;
 a call that needs otherwise goes to the native ``/embed`` (``truncate``, ``prompt_name``),
-which answers float lists and counts tokens in its ``x-compute-tokens`` header.
+which answers float lists, counts tokens in its ``x-compute-tokens`` header and names no
+model: its answers are verified by ``/info`` afterwards, as ``/rerank``'s are.
 
 ``/rerank`` (``router/src/http/server.rs``) takes ``{"query", "texts", "raw_scores",
 "return_text", "truncate"}`` and answers ``[{"index", "score", "text"?}]`` sorted by score,
@@ -70,7 +71,18 @@ class TEIBackend(OpenAIBackend):
         if not isinstance(body, list):
             raise UpstreamFailed(f"{where} returned no list of vectors",
                                  upstream_kind="bad_response")
-        return Embeddings(decode_vectors(body, len(inputs), where), reply.compute_tokens or 0)
+        vectors = decode_vectors(body, len(inputs), where)
+        await self._still_serving(base_url, name, model, "vectors")
+        return Embeddings(vectors, reply.compute_tokens or 0)
+
+    async def _still_serving(self, base_url: str, name: str, model: ModelConfig,
+                             what: str) -> None:
+        """An answer that names no model came from ``model`` if ``/info``, read after it,
+        still names it (a TEI process serves one model for life)."""
+        serving = self._read_info(await self.request_json("GET", f"{base_url}/info"))
+        asked = served_name(name, model)
+        if not serving & self.answers_as(asked, model, name):
+            raise model_mismatch(self, asked, ", ".join(sorted(serving)), what)
 
     async def probe(self, base_url: str, timeout: float) -> Probe:
         await self.request_json("GET", f"{base_url}/health", timeout=timeout)
@@ -112,10 +124,7 @@ class TEIBackend(OpenAIBackend):
             if not isinstance(body, list):
                 raise TypeError(f"expected a list of ranks, got {type(body).__name__}")
             scores = scores_by_index(body, len(documents), where)
-        serving = self._read_info(await self.request_json("GET", f"{base_url}/info"))
-        asked = served_name(name, model)
-        if not serving & self.answers_as(asked, model, name):
-            raise model_mismatch(self, asked, ", ".join(sorted(serving)), "scores")
+        await self._still_serving(base_url, name, model, "scores")
         return Scores(scores, 0)  # TEI counts tokens only in x-compute-tokens headers
 
     def translate_error(self, status: int, body: Any, raw: bytes) -> GatewayError:
