@@ -18,6 +18,7 @@ from .config import GatewayConfig
 from .errors import GatewayError
 from .middlewares import PUBLIC_PATHS
 from .openapi_schemas import component_schemas, ref
+from .truncation import HEADER as TRUNCATION_HEADER
 
 JSON = "application/json"
 
@@ -97,6 +98,13 @@ def _paths(config: GatewayConfig, authenticated: bool) -> dict[str, Any]:
     def api_errors(*extra: type[GatewayError], **kw: bool) -> dict[str, Any]:
         return _error_responses([*ADMISSION, *extra], authenticated=authenticated, **kw)
 
+    def truncation_named(response: dict[str, Any]) -> dict[str, Any]:
+        response["headers"][TRUNCATION_HEADER] = {
+            "schema": {"type": "string"},
+            "description": "With truncation on: the indices of the inputs the model cut, "
+                           "comma-separated."}
+        return response
+
     def rerank(operation_id: str) -> dict[str, Any]:
         return {
             "operationId": operation_id,
@@ -117,8 +125,8 @@ def _paths(config: GatewayConfig, authenticated: bool) -> dict[str, Any]:
             "requestBody": {"required": True,
                             "content": {JSON: {"schema": ref("EmbeddingRequest")}}},
             "responses": {
-                "200": _answer("One vector per input, in input order.", JSON,
-                               ref("EmbeddingResponse")),
+                "200": truncation_named(_answer("One vector per input, in input order.",
+                                                JSON, ref("EmbeddingResponse"))),
                 **api_errors(*MODEL_ERRORS, upstream_4xx=True),
             },
         }},

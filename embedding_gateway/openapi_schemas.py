@@ -11,7 +11,9 @@ from typing import Any
 
 from .config import GatewayConfig, Task
 from .errors import GatewayError
+from .prompts import INPUT_TYPE_NAMES
 from .schemas import EncodingFormat
+from .truncation import TRUNCATE_VALUES
 from .upstream import ModelState
 
 REF = "#/components/schemas/"
@@ -35,6 +37,13 @@ def _dataclass_schema(cls: type) -> dict[str, Any]:
         nullable = type(None) in args
         properties[field.name] = {"type": [*kinds, "null"] if nullable else kinds[0]}
     return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def literal_values(hint: Any) -> list[Any]:
+    """The values of a ``Literal``, or of a union of them."""
+    if typing.get_origin(hint) is typing.Literal:
+        return list(typing.get_args(hint))
+    return [value for part in typing.get_args(hint) for value in literal_values(part)]
 
 
 def _error_classes() -> list[type[GatewayError]]:
@@ -92,12 +101,21 @@ def component_schemas(config: GatewayConfig) -> dict[str, Any]:
                           ]},
                 "encoding_format": {
                     "type": ["string", "null"], "default": "float",
-                    "enum": [*typing.get_args(EncodingFormat), None],
-                    "description": "`base64` is little-endian float32, as OpenAI's SDK asks."},
+                    "enum": [*literal_values(EncodingFormat), None],
+                    "description": "`base64` is little-endian float32, as OpenAI's SDK asks; "
+                                   "`int8`, `uint8`, `binary` and `ubinary` are Cohere's "
+                                   "compact types, as arrays of integers."},
                 "dimensions": {"type": ["integer", "null"], "minimum": 1,
                                "description": "Matryoshka models only: the first N values, "
                                               "L2-renormalised."},
                 "user": {"type": "string"},
+                "input_type": {"enum": [*INPUT_TYPE_NAMES, None],
+                               "description": "What the inputs are for; reaches the model as "
+                                              "its prompt for that use."},
+                "truncate": {"enum": [*TRUNCATE_VALUES, None],
+                             "description": "Whether an input over the model's limit is cut "
+                                            "(and named in `truncated_inputs`) or refused; "
+                                            "absent: the model's `truncation` setting."},
             },
         },
         "Embedding": {
@@ -120,6 +138,9 @@ def component_schemas(config: GatewayConfig) -> dict[str, Any]:
                 "data": {"type": "array", "items": ref("Embedding")},
                 "model": {"type": "string", "description": "The name the client sent."},
                 "usage": ref("Usage"),
+                "truncated_inputs": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                                     "description": "With truncation on: the indices of the "
+                                                    "inputs the model cut."},
             },
         },
         "RerankRequest": {
@@ -173,7 +194,8 @@ def component_schemas(config: GatewayConfig) -> dict[str, Any]:
             "allOf": [ref("ModelState"), {
                 "type": "object",
                 "required": ["id", "object", "created", "owned_by", "backend", "kind",
-                             "alias_of", "dimensions", "matryoshka", "task", "managed"],
+                             "alias_of", "dimensions", "matryoshka", "max_input_tokens",
+                             "task", "managed"],
                 "properties": {
                     "id": {"type": "string"},
                     "object": {"const": "model"},
@@ -184,7 +206,10 @@ def component_schemas(config: GatewayConfig) -> dict[str, Any]:
                     "alias_of": {"type": ["string", "null"]},
                     "dimensions": {"type": ["integer", "null"]},
                     "matryoshka": {"type": "boolean"},
-                    "task": {"enum": [*typing.get_args(Task), None],
+                    "max_input_tokens": {"type": ["integer", "null"],
+                                         "description": "Configured, else as the upstream "
+                                                        "reports it."},
+                    "task": {"enum": [*literal_values(Task), None],
                              "description": "What the model does; null until the upstream "
                                             "has said (TEI, Infinity)."},
                     "managed": {"type": "boolean"},

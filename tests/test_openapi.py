@@ -174,8 +174,20 @@ async def test_every_answer_of_a_gateway_with_keys_matches_the_document() -> Non
                                                         "dimensions": 16, "user": "u"}),
             await call("POST", "/v1/embeddings", json={"model": "jina-v3",
                                                         "input": [[5], [6, 7]]}),
+            await call("POST", "/v1/embeddings", json={"model": "e5", "input": ["a", "b"],
+                                                        "encoding_format": "int8",
+                                                        "input_type": "search_query",
+                                                        "truncate": "END"}),
+            await call("POST", "/v1/embeddings", json={"model": "e5", "input": ["a"],
+                                                        "encoding_format": "ubinary",
+                                                        "truncate": False}),
         ]
-        assert [e.status for e in ok] == [200] * 4 and all(valid(e) for e in ok)
+        assert [e.status for e in ok] == [200] * 6
+        cut = await call("POST", "/v1/embeddings", json={"model": "e5", "truncate": True,
+                                                          "input": ["word " * 600, "short"]})
+        assert cut.status == 200 and valid(cut)
+        assert orjson.loads(cut.response_body)["truncated_inputs"] == [0]
+        assert cut.response_headers["X-Truncated-Inputs"] == "0" and all(valid(e) for e in ok)
 
         refused = {
             400: [await call("POST", "/v1/embeddings", data=b"{not json"),
@@ -185,7 +197,11 @@ async def test_every_answer_of_a_gateway_with_keys_matches_the_document() -> Non
                   await call("POST", "/v1/embeddings", json={"model": "e5", "input": "x",
                                                               "encoding_format": "int7"}),
                   await call("POST", "/v1/embeddings", json={"model": "e5", "input": "x",
-                                                              "dimensions": 0})],
+                                                              "dimensions": 0}),
+                  await call("POST", "/v1/embeddings", json={"model": "e5", "input": "x",
+                                                              "input_type": "poem"}),
+                  await call("POST", "/v1/embeddings", json={"model": "e5", "input": "x",
+                                                              "truncate": "START"})],
             401: [await call("POST", "/v1/embeddings", json={"model": "e5", "input": "x"},
                              key=False)],
             413: [await call("POST", "/v1/embeddings",
