@@ -20,7 +20,7 @@ from tests.fakes import FAKE_STATE, serve_fake
 from tests.fakes.ollama import create_ollama_app
 from tests.fakes.tei import create_tei_app
 from tests.fakes.vectors import fake_vector, truncate_item
-from tests.fakes.vllm import create_vllm_app
+from tests.fakes.vllm import VLLM_STATE, create_vllm_app
 
 MODEL = "bge-m3"
 DIMS = 16
@@ -30,11 +30,18 @@ TEXTS = [f"input number {i}" for i in range(256)]
 LONG = " ".join(f"word{i}" for i in range(LIMIT + 9))
 BATCH = [*TEXTS[:LONG_AT], LONG, *TEXTS[LONG_AT + 1:]]
 
+def vllm_cutting_from_the_left() -> web.Application:
+    """A vLLM whose tokenizer truncates from the left unless asked otherwise."""
+    app = create_vllm_app(MODEL, dims=DIMS, max_model_len=LIMIT)
+    app[VLLM_STATE].truncation_side = "left"
+    return app
+
+
 FAKES = {
     "ollama": lambda: create_ollama_app({MODEL: DIMS}, context_length=LIMIT),
     "tei": lambda: create_tei_app(MODEL, dims=DIMS, max_input_length=LIMIT,
                                   max_client_batch_size=64),  # auto_truncate on, as TEI 1.9
-    "vllm": lambda: create_vllm_app(MODEL, dims=DIMS, max_model_len=LIMIT),
+    "vllm": vllm_cutting_from_the_left,
 }
 
 

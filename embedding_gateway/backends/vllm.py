@@ -33,9 +33,13 @@ class VLLMBackend(OpenAIBackend):
         self._max_model_len: dict[str, int] = {}  # served name -> its max_model_len
 
     def call_fields(self, options: CallOptions, truncate: bool) -> dict[str, Any]:
-        """``truncate_prompt_tokens: -1`` cuts each input at the model's max_model_len."""
+        """``truncate_prompt_tokens: -1`` cuts each input at the model's max_model_len, from
+        the right as TEI and Ollama do (vLLM's default is the tokenizer's side; versions
+        without ``truncation_side`` ignore it)."""
         fields = super().call_fields(options, truncate)
-        return {**fields, "truncate_prompt_tokens": -1} if truncate else fields
+        if not truncate:
+            return fields
+        return {**fields, "truncate_prompt_tokens": -1, "truncation_side": "right"}
 
     def input_limit(self, name: str, model: ModelConfig) -> int | None:
         return model.max_input_tokens or self._max_model_len.get(served_name(name, model))

@@ -72,10 +72,11 @@ def count_tokens(item: Item) -> int:
     return len(item)
 
 
-def truncate_item(item: Item, limit: int) -> Item:
+def truncate_item(item: Item, limit: int, side: str = "right") -> Item:
     """What an upstream embeds of `item` when it cuts it at `limit` tokens of the fake
-    tokenizer, keeping the start: the first `limit` words, or ids."""
-    if isinstance(item, str):
-        words = item.split()
-        return item if len(words) <= limit else " ".join(words[:limit])
-    return list(item)[:limit]
+    tokenizer: the first `limit` words (or ids), or the last ones when cut from the left."""
+    tokens = item.split() if isinstance(item, str) else list(item)
+    if len(tokens) <= limit:
+        return item
+    kept = tokens[:limit] if side == "right" else tokens[-limit:]
+    return " ".join(kept) if isinstance(item, str) else kept

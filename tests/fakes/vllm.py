@@ -61,6 +61,7 @@ class VllmState(FakeState):
     served_names: list[str] = field(default_factory=list)  # --served-model-name a b …
     max_model_len: int = 512
     matryoshka: bool = False
+    truncation_side: str = "right"  # the tokenizer's, used unless a request names one
     error_shape: ErrorShape = "object"
     api_key: str | None = None
     created: int = 0
@@ -272,7 +273,8 @@ def _embed(state: VllmState, body: dict[str, Any]) -> web.Response:
             raise VllmError(400, "Dimensions must be greater than 0")
     limit = _truncation(state, body.get("truncate_prompt_tokens"))
     if limit is not None:
-        items = [truncate_item(item, limit) for item in items]
+        items = [truncate_item(item, limit, body.get("truncation_side") or state.truncation_side)
+                 for item in items]
     tokens = 0
     for item in items:
         count = count_tokens(item) if limit is None else min(count_tokens(item), limit)
