@@ -1,6 +1,6 @@
 """The command line beyond ``serve``: ``--version``, ``serve --host/--port``, where the config
 is found, and ``models``, ``pull`` (against the fake Ollama's /api/pull) and ``prefetch``
-(starting real processes), each as a real subprocess."""
+(starting real processes and real containers), each as a real subprocess."""
 
 from __future__ import annotations
 
@@ -12,9 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import docker
+import pytest
 import yaml
 
+from embedding_gateway.runtimes.docker import LABEL_BACKEND
 from tests.conftest import run_gateway
+from tests.docker_support import (
+    PYTHON,
+    clean_containers,  # noqa: F401
+    docker_available,  # noqa: F401
+    python_volumes,
+    test_image,  # noqa: F401
+    unique_name,
+)
 from tests.fakes import serve_fake
 from tests.fakes.ollama import create_ollama_app
 from tests.fakes.ollama_pull import install_pull
@@ -290,3 +301,32 @@ async def test_prefetch_refuses_while_a_gateway_answers(tmp_path: Path) -> None:
             status, _, err = await cli("prefetch", "--config", str(path))
     assert status == 2
     assert "stop it first" in err
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+async def test_prefetch_on_docker_fills_the_cache_volume_and_leaves_no_container(
+    tmp_path: Path, clean_containers: str, docker_available: docker.DockerClient,  # noqa: F811
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    name = unique_name("prefetch")
+    server = f"exec {PYTHON} -m tests.fakes.tei --host 0.0.0.0 --port 80 --model-id {{model}}"
+    backend = {
+        "kind": "tei", "base_url": f"http://127.0.0.1:{free_port()}",
+        "managed": {"runtime": "docker", "image": clean_containers,
+                    # a model server's first start: the weights go into the cache volume
+                    "args": ["sh", "-c", f"echo {{model}} >> /data/weights && {server}"],
+                    "container_port": 80, "volumes": [*python_volumes(), f"{cache}:/data"],
+                    "start_timeout": 60, "stop_timeout": 2},
+        "models": {"org/a": {}, "org/b": {}},
+    }
+    path = write(tmp_path / "c.yaml", {"server": {"port": free_port()},
+                                       "backends": {name: backend}})
+    status, out, err = await cli("prefetch", "--config", str(path))
+    assert status == 0, out + err
+    assert out.splitlines()[-1] == "2 prefetched, 0 failed"
+    assert (cache / "weights").read_text().split() == ["org/a", "org/b"]
+    left = docker_available.containers.list(all=True,
+                                            filters={"label": f"{LABEL_BACKEND}={name}"})
+    assert left == []
