@@ -19,12 +19,13 @@ import structlog
 from aiohttp import web
 
 from .app import create_app
+from .commands import models, prefetch, pull
 from .config import GatewayConfig, load_config
 from .config_search import CONFIG_VARIABLE, SEARCH_ORDER, find_config
 from .connections import listen
 from .errors import ConfigError
 from .memory import pin_mmap_threshold
-from .state import GATEWAY, Gateway
+from .state import GATEWAY, Gateway, default_runtime
 from .systemd import Notifier
 
 log = structlog.get_logger("embedding_gateway")
@@ -96,8 +97,8 @@ def check_config(path: str) -> int:
             print(f"error: {problem}", file=sys.stderr)
         print(f"{path}: {len(exc.problems)} error(s)", file=sys.stderr)
         return 1
-    models = sum(len(b.models) for b in config.backends.values())
-    print(f"{path}: ok ({len(config.backends)} backends, {models} models)")
+    count = sum(len(b.models) for b in config.backends.values())
+    print(f"{path}: ok ({len(config.backends)} backends, {count} models)")
     return 0
 
 
@@ -265,8 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(command: str, config: GatewayConfig, args: argparse.Namespace) -> int:
     """``models``, ``pull`` and ``prefetch``: the summary on stdout, the exit status back."""
-    from .commands import models, prefetch, pull
-
     if command == "models":
         text, status = asyncio.run(models.list_models(config, args.url))
     elif command == "pull":
@@ -279,8 +278,6 @@ def run_command(command: str, config: GatewayConfig, args: argparse.Namespace) -
             return 2
         # the summary says what failed and why; the supervisor's own lines would repeat it
         configure_logging("critical", sys.stderr.buffer)
-        from .state import default_runtime
-
         text, status = prefetch.summary(asyncio.run(prefetch.prefetch_all(config,
                                                                           default_runtime)))
     print(text)
