@@ -16,6 +16,7 @@ from .rerank_schemas import parse_rerank_request, rerank_response_body
 from .router import Route, Router
 from .schemas import parse_embedding_request, response_body, response_chunks
 from .state import AUTHORIZED, GATEWAY, LOG_FIELDS, Gateway
+from .token_input import read_token_ids
 from .truncation import truncated_header
 
 STREAM_ABOVE_VALUES = 64 * 1024  # responses with more floats than this are written in pieces
@@ -43,11 +44,15 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     fields = request[LOG_FIELDS]
     fields["task"] = "embed"
     body = await read_body(request)
-    parsed = parse_embedding_request(body, max_inputs=gateway.config.server.limits.max_inputs)
+    limits = gateway.config.server.limits
+    parsed = parse_embedding_request(body, max_inputs=limits.max_inputs,
+                                     max_token_ids=limits.max_token_ids)
+    del body  # not held while the upstream works: it may be many megabytes
     router = gateway.routes()
     route = router.resolve(parsed.model)
     fields.update(model=parsed.model, backend=route.backend, inputs=len(parsed.inputs))
     router.check(parsed, route)
+    parsed = read_token_ids(parsed, route.options.token_ids)  # decoded before any cache/batch
     result = await router.embed(parsed, route)
     fields["tokens"] = result.prompt_tokens
     headers = {} if result.truncated is None else truncated_header(result.truncated)

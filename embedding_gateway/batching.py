@@ -111,7 +111,7 @@ class Lane:
 
 
 def _key(item: Any) -> Hashable:
-    return item if isinstance(item, str) else tuple(item)
+    return item if isinstance(item, str) else item.tobytes()  # token ids: a uint32 array
 
 
 class Batcher:
@@ -364,7 +364,8 @@ class Batcher:
                         full = True
                         break
                     if byte_limit is not None:
-                        cost = len(orjson.dumps(inputs[index])) + 1
+                        cost = len(orjson.dumps(inputs[index],
+                                                option=orjson.OPT_SERIALIZE_NUMPY)) + 1
                         if sent and size + cost > byte_limit:
                             full = True
                             break

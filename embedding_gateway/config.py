@@ -38,6 +38,7 @@ from .errors import ConfigError
 
 BackendKind = Literal["ollama", "tei", "vllm", "openai"]
 Task = Literal["embed", "rerank"]
+TokenIds = Literal["openai", "model", "refuse"]  # how a model reads token ids: token_input.py
 HttpUrl = NewType("HttpUrl", str)  # http(s) with a host; kept without a trailing slash
 DeviceId = NewType("DeviceId", str)  # ``gpus: [0, 1]`` and ``gpu: 0`` as YAML writes them
 NonEmptyStr = NewType("NonEmptyStr", str)
@@ -71,6 +72,8 @@ def _non_empty(backends: Mapping[str, Any]) -> None:
 class Limits:
     max_body_bytes: int = field(default=16 * 1024 * 1024, validator=_bounds(gt=0))
     max_inputs: int = field(default=4096, validator=_bounds(gt=0))
+    # token ids one request may carry, all inputs together (a 413 above it)
+    max_token_ids: int = field(default=1_048_576, validator=_bounds(gt=0))
     max_connections: int = field(default=1024, validator=_bounds(gt=0))  # open at once
     header_timeout: float = field(default=10, validator=_bounds(gt=0))  # s for a request's headers
     body_timeout: float = field(default=60, validator=_bounds(gt=0))  # s for its body
@@ -140,6 +143,7 @@ class ModelConfig:
     prompt_names: dict[str, str] = field(factory=dict, validator=_input_type_keys)
     forward_input_type: bool = False
     default_input_type: str | None = field(default=None, validator=_input_type)
+    token_ids: TokenIds = "openai"
 
 
 def ssh_supported() -> bool:
@@ -541,6 +545,9 @@ def _cross_checks(gpus: dict[str, GpuConfig] | None, models: list[Placed]) -> li
             problems.append(f"{where}.keep_alive: only ollama backends take keep_alive")
         if opts.task == "rerank" and kind == "ollama":
             problems.append(f"{where}.task: Ollama has no rerank API")
+        if opts.token_ids == "model" and kind == "ollama":
+            problems.append(f"{where}.token_ids: ollama takes text only, not token ids; "
+                            "use openai (ids decoded to text) or refuse")
     return problems
 
 

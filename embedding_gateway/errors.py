@@ -7,7 +7,7 @@ requests refused before it (``malformed``).
 
     GatewayError
     ├── InvalidRequest        400 invalid_request_error
-    │   ├── UnsupportedInput  400 (token ids to an upstream that takes only text, …)
+    │   ├── UnsupportedInput  400 (token ids to a model set to refuse them, …)
     │   └── TaskMismatch      400 (a reranker asked to embed, an embedding model to rerank)
     ├── AuthenticationFailed  401 authentication_error
     ├── CrossOriginRefused    403 (a browser request from another site's page)

@@ -90,7 +90,9 @@ def component_schemas(config: GatewayConfig) -> dict[str, Any]:
                 "model": {"type": "string", "minLength": 1,
                           "description": "A model name or alias from `GET /v1/models`."},
                 "input": {"description": "One text, texts, one token id array or token id "
-                                         f"arrays; at most {max_inputs} inputs.",
+                                         "arrays (read as the model's `token_ids` says; by "
+                                         "default ids of OpenAI's cl100k_base, embedded as "
+                                         f"their text); at most {max_inputs} inputs.",
                           "oneOf": [
                               {"type": "string", "minLength": 1},
                               {"type": "array", "minItems": 1, "maxItems": max_inputs,

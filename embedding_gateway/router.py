@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .batching import Batcher
 from .config import GatewayConfig, ModelConfig, Task
-from .errors import InvalidRequest, ModelNotFound, TaskMismatch, UnsupportedInput, UpstreamFailed
+from .errors import InvalidRequest, ModelNotFound, TaskMismatch, UpstreamFailed
 from .metrics import Metrics
 from .prompts import apply_input_type
 from .rerank_schemas import RerankRequest, Scores
@@ -94,12 +94,6 @@ class Router:
         """Reject what this model cannot do before anything is sent or started."""
         self.check_task(route, request.model, "embed")
         upstream = self.upstreams[route.backend]
-        if request.tokens and not upstream.backend.accepts_tokens:
-            raise UnsupportedInput(
-                f"model {request.model!r} is served by {upstream.backend.config.kind}, which "
-                "takes text only; send strings, not token ids",
-                param="input",
-            )
         if request.prompt_name is not None and not upstream.backend.takes_prompt_name:
             raise InvalidRequest(
                 f"'prompt_name' is TEI's; model {request.model!r} is served by "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from embedding_gateway.app import create_app
+from embedding_gateway.cl100k import write_tiktoken_cache
 from embedding_gateway.config import parse_config
 from embedding_gateway.connections import listen
 from embedding_gateway.state import GATEWAY, RuntimeFactory
@@ -48,3 +50,18 @@ async def run_gateway(
 def gateway() -> GatewayFactory:
     """``async with gateway(config) as url:`` runs a real gateway for one test."""
     return run_gateway
+
+
+@pytest.fixture(scope="session")
+def offline_tiktoken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """tiktoken in this process (LangChain's tokenizer) reads cl100k_base from the copy the
+    gateway's install ships, as a machine without internet must: nothing is downloaded."""
+    directory = tmp_path_factory.mktemp("tiktoken-cache")
+    write_tiktoken_cache(directory)
+    before = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
+    yield
+    if before is None:
+        del os.environ["TIKTOKEN_CACHE_DIR"]
+    else:
+        os.environ["TIKTOKEN_CACHE_DIR"] = before

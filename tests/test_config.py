@@ -427,3 +427,21 @@ def test_a_reranker_on_ollama_is_refused() -> None:
         parse_config({"backends": {"o": {"kind": "ollama", "base_url": "http://127.0.0.1:1",
                                          "models": {"m": {"task": "rerank"}}}}}, env={})
     assert caught.value.problems == ["backends.o.models.m.task: Ollama has no rerank API"]
+
+
+def test_token_ids_model_is_refused_for_ollama_which_takes_text_only() -> None:
+    document = {"backends": {
+        "o": {"kind": "ollama", "base_url": "http://127.0.0.1:11434",
+              "models": {"bge-m3": {"token_ids": "model"}}},
+        "v": {"kind": "vllm", "base_url": "http://127.0.0.1:8000",
+              "models": {"m": {"token_ids": "model"}, "n": {"token_ids": "refuse"}}},
+    }}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={})
+    assert caught.value.problems == [
+        "backends.o.models.bge-m3.token_ids: ollama takes text only, not token ids; "
+        "use openai (ids decoded to text) or refuse"
+    ]
+    del document["backends"]["o"]
+    models = parse_config(document, env={}).backends["v"].models
+    assert (models["m"].token_ids, models["n"].token_ids) == ("model", "refuse")

@@ -78,8 +78,11 @@ async def test_a_prompt_table_puts_its_text_before_the_input() -> None:
         sent = [r["input"] for path, r in app[FAKE_STATE].requests if path == "/v1/embeddings"]
         assert sent[:2] == [["query: " + TEXT], ["passage: " + TEXT]]
         assert all("input_type" not in r for _, r in app[FAKE_STATE].requests)
+        # token ids are read as the cl100k_base text they stand for, and prompted as text
         status, body = await embed(url, MODEL, input_type="query", input=[[1, 2, 3]])
-        assert status == 400 and body["error"]["param"] == "input_type"
+        assert status == 200, body
+        sent = [r["input"] for path, r in app[FAKE_STATE].requests if path == "/v1/embeddings"]
+        assert sent[-1] == ['query: "#$']
 
 
 async def test_a_model_without_prompts_ignores_input_type() -> None:

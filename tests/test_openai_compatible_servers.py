@@ -71,8 +71,9 @@ async def test_ollama_names_match_without_regard_to_case() -> None:
 async def test_an_infinity_422_reaches_the_client_as_its_message() -> None:
     app = create_infinity_app({"m": 8})
     async with serve_fake(app) as server:
-        config = {"backends": {"i": {"kind": "openai", "base_url": server, "models": {"m": {}}}}}
+        config = {"backends": {"i": {"kind": "openai", "base_url": server,
+                                     "models": {"m": {"token_ids": "model"}}}}}
         async with run_gateway(config) as url:
-            status, body = await post(url, "m", [[1, 2, 3]])  # token ids: Infinity says no
+            status, body = await post(url, "m", [[1, 2, 3]])  # its own ids: Infinity says no
             assert status == 422, body
             assert body["error"]["message"] == "body.input.0: Input should be a valid string"

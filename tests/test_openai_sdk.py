@@ -89,7 +89,7 @@ async def test_sdk_error_classes(client: openai.AsyncOpenAI) -> None:
     assert not_found.value.code == "model_not_found"
 
     with pytest.raises(openai.BadRequestError) as bad:
-        await client.embeddings.create(model=MODELS["ollama"], input=[[1, 2, 3]])
+        await client.embeddings.create(model=MODELS["ollama"], input=[[100256]])  # no such id
     assert bad.value.status_code == 400
     assert bad.value.param == "input"
 

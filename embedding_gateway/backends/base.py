@@ -201,7 +201,6 @@ class Backend(ABC):
     """One configured backend: its adapter and its limits."""
 
     kind: str
-    accepts_tokens: bool = False
     learns_tasks: bool = False  # does its check report what each model does?
     can_truncate: bool = True  # can be asked to cut an over-long input at the model's limit
     takes_prompt_name: bool = False  # TEI: a request may name one of the model's own prompts
@@ -331,7 +330,7 @@ class Backend(ABC):
         headers = self._headers
         data = None
         if payload is not None:
-            data = orjson.dumps(payload)
+            data = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)  # token ids
             headers += b"Content-Type: application/json\r\n"
         try:
             reply = await self.client.request(

@@ -46,7 +46,6 @@ CLIENT_FAULTS = ("input length exceeds", "exceeds maximum context length", "inva
 
 class OllamaBackend(Backend):
     kind = "ollama"
-    accepts_tokens = False
     default_batch = 64
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

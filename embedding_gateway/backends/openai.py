@@ -35,7 +35,6 @@ log = structlog.get_logger("embedding_gateway.backends.openai")
 
 class OpenAIBackend(Backend):
     kind = "openai"
-    accepts_tokens = True
     learns_tasks = True
     default_batch = 256
     can_truncate = False  # OpenAI's API has no such field; vLLM's adapter adds its own
