@@ -1,5 +1,6 @@
 """A fake Ollama server (docs/api.md, server/routes.go): /api/embed, legacy /api/embeddings,
-/api/tags, /api/show, /api/ps, /api/version and `GET /`.
+/api/tags, /api/show, /api/ps, /api/version and `GET /`; /api/pull is added by
+`tests.fakes.ollama_pull.install_pull`.
 
 Vectors are seeded with the model name without a `:latest` tag, so `bge-m3` and
 `bge-m3:latest` give the same vectors and `which_model(..., ["bge-m3"], ...)` finds them.
