@@ -73,11 +73,27 @@ def _error_schema() -> dict[str, Any]:
                 "code": {"type": ["string", "null"],
                          "description": "A machine-readable reason such as `model_not_found`."},
             },
+            "additionalProperties": False,
         }},
     }
 
 
+# Answers whose every field is described here: one the code adds without describing it fails
+# the validation test. Requests stay open (unknown fields are ignored), as do /health's
+# backend details, which differ by kind of backend.
+CLOSED = ("Error", "Embedding", "EmbeddingResponse", "RerankResponse", "RerankResult",
+          "Usage", "ModelList", "Readiness")
+
+
 def component_schemas(config: GatewayConfig) -> dict[str, Any]:
+    schemas = _schemas(config)
+    for name in CLOSED:
+        schemas[name]["additionalProperties"] = False
+    schemas["Model"]["unevaluatedProperties"] = False  # its ModelState part is open alone
+    return schemas
+
+
+def _schemas(config: GatewayConfig) -> dict[str, Any]:
     max_inputs = config.server.limits.max_inputs
     token_ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
     model_state = _dataclass_schema(ModelState)
@@ -114,6 +130,9 @@ def component_schemas(config: GatewayConfig) -> dict[str, Any]:
                 "input_type": {"enum": [*INPUT_TYPE_NAMES, None],
                                "description": "What the inputs are for; reaches the model as "
                                               "its prompt for that use."},
+                "prompt_name": {"type": ["string", "null"], "minLength": 1,
+                                "description": "TEI models only: one of the model's own "
+                                               "prompts, by name (instead of `input_type`)."},
                 "truncate": {"enum": [*TRUNCATE_VALUES, None],
                              "description": "Whether an input over the model's limit is cut "
                                             "(and named in `truncated_inputs`) or refused; "
@@ -174,17 +193,19 @@ def component_schemas(config: GatewayConfig) -> dict[str, Any]:
                 "results": {
                     "type": "array",
                     "description": "Best first; `index` is the document's place in the request.",
-                    "items": {
-                        "type": "object", "required": ["index", "relevance_score"],
-                        "properties": {
-                            "index": {"type": "integer", "minimum": 0},
-                            "relevance_score": {"type": "number"},
-                            "document": {"type": "object", "required": ["text"],
-                                         "properties": {"text": {"type": "string"}}},
-                        },
-                    },
+                    "items": ref("RerankResult"),
                 },
                 "usage": ref("Usage"),
+            },
+        },
+        "RerankResult": {
+            "type": "object", "required": ["index", "relevance_score"],
+            "properties": {
+                "index": {"type": "integer", "minimum": 0},
+                "relevance_score": {"type": "number"},
+                "document": {"type": "object", "required": ["text"],
+                             "properties": {"text": {"type": "string"}},
+                             "additionalProperties": False},
             },
         },
         "Usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],

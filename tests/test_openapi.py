@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,10 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_spec_validator import validate as validate_spec
 from werkzeug.datastructures import Headers
 
+from embedding_gateway.config import parse_config
+from embedding_gateway.openapi import build_document
+from embedding_gateway.rerank_schemas import RerankRequest
+from embedding_gateway.schemas import EmbeddingRequest
 from tests.conftest import serve_app
 from tests.fakes import FAKE_STATE, serve_fake
 from tests.fakes.tei import create_tei_app
@@ -306,6 +311,16 @@ async def test_without_keys_the_document_asks_for_none_and_health_is_200() -> No
         health = await client.call("GET", "/health", key=False)
         assert health.status == 200 and "backends" in orjson.loads(health.response_body)
         assert (await client.call("GET", "/metrics", key=False)).status == 200
+
+
+def test_every_request_field_the_gateway_reads_is_described() -> None:
+    config = parse_config({"backends": {"tei": {
+        "kind": "tei", "base_url": "http://127.0.0.1:9", "models": {E5: {}}}}}, env={})
+    schemas = build_document(config, set())["components"]["schemas"]
+    embedding = {f.name for f in dataclasses.fields(EmbeddingRequest)} - {"inputs", "tokens"}
+    assert embedding | {"input"} <= set(schemas["EmbeddingRequest"]["properties"])
+    rerank = {f.name for f in dataclasses.fields(RerankRequest)}
+    assert rerank <= set(schemas["RerankRequest"]["properties"])
 
 
 async def test_the_document_follows_the_config() -> None:
