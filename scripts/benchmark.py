@@ -464,12 +464,20 @@ async def models_and_swaps(
             row["dims"], row["prompt_tokens"] = shape["dims"], shape["prompt_tokens"]
             deadline = time.perf_counter() + args.duration
             for _ in range(args.requests):
-                if time.perf_counter() >= deadline:
+                left = deadline - time.perf_counter()
+                if left <= 0:
                     break
-                warm.add(await gateway.embed(model, texts.batch(1)), 1)
+                try:  # one request in flight at the deadline gets the grace period
+                    outcome = await asyncio.wait_for(gateway.embed(model, texts.batch(1)),
+                                                     left + args.grace)
+                except TimeoutError:
+                    warm.cut_off += 1
+                    break
+                warm.add(outcome, 1)
                 progress.advance()
         row["warm_ms"] = latency_stats(warm.latencies)
         row["warm_requests"] = len(warm.latencies)
+        row["warm_cut_off"] = warm.cut_off
         row["errors"] = dict(first_errors.errors + warm.errors)
         row["error_samples"] = first_errors.error_samples | warm.error_samples
         rows.append(row)

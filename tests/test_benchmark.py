@@ -363,6 +363,21 @@ def test_requests_in_flight_at_the_deadline_get_the_grace_period_then_are_cut_of
     assert stdout.splitlines()[-1].split()[-1] == "2"  # the table's "cut off" column
 
 
+def test_a_warm_request_past_the_models_deadline_is_cut_off_after_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    slow = Server("--model", "slow", "--dims", "8", "--accelerator", "serial",
+                  "--fixed-ms", "3000")
+    try:
+        report, _, _ = bench(tmp_path, "models", "--gateway", slow.url, "--requests", "5",
+                             "--duration", "0.2", "--grace", "0.2", "--no-progress")
+    finally:
+        slow.stop()
+    [row] = report["results"]["models"]
+    assert row["cold_ms"] is not None  # the first request is a load: only --timeout bounds it
+    assert (row["warm_requests"], row["warm_cut_off"]) == (0, 1)
+
+
 def test_ctrl_c_writes_the_cells_that_finished(upstream: Server, tmp_path: Path) -> None:
     out_json = tmp_path / "out.json"
     proc = subprocess.Popen(
