@@ -184,6 +184,7 @@ def add_routes(app: web.Application, *, debug: bool = False) -> None:
     add_post("/v1/embeddings", embeddings, expect_handler=expect_continue)
     add_post("/v1/rerank", rerank, expect_handler=expect_continue)
     add_post("/rerank", rerank, expect_handler=expect_continue)
+    add_post("/v2/rerank", rerank, expect_handler=expect_continue)  # Cohere's v2 clients
     add_get("/v1/models", models, expect_handler=expect_continue)
     # model names hold slashes (intfloat/multilingual-e5-small), as OpenAI's fine-tunes do colons
     add_get("/v1/models/{model:.+}", model, expect_handler=expect_continue)
