@@ -132,6 +132,7 @@ def _paths(config: GatewayConfig, authenticated: bool) -> dict[str, Any]:
         }},
         "/v1/rerank": {"post": rerank("rerank")},
         "/rerank": {"post": rerank("rerankUnversioned")},
+        "/v2/rerank": {"post": rerank("rerankV2")},  # where Cohere's v2 clients send
         "/v1/models": {"get": {
             "operationId": "listModels",
             "summary": "Every configured model and alias (and discovered ones), with state.",

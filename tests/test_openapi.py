@@ -241,8 +241,10 @@ async def test_every_answer_of_a_gateway_with_keys_matches_the_document() -> Non
             await call("POST", "/rerank", json={"model": RERANKER, "query": "weather",
                                                  "documents": docs, "top_n": 2,
                                                  "return_documents": True}),
+            await call("POST", "/v2/rerank", json={"model": "reranker", "query": "weather",
+                                                    "documents": docs[::2]}),
         ]
-        assert [e.status for e in ranked] == [200, 200] and all(valid(e) for e in ranked)
+        assert [e.status for e in ranked] == [200] * 3 and all(valid(e) for e in ranked)
         assert len(orjson.loads(ranked[1].response_body)["results"]) == 2
         rerank_refused = [
             await call("POST", "/v1/rerank", json={"model": "reranker", "query": "",
