@@ -215,6 +215,10 @@ class Batcher:
         for lane in self.lanes.values():
             for ticket in list(lane.queue):
                 self._withdraw(lane, ticket, Unavailable(reason, retry_after=1))
+        for address in self.addresses.values():  # calls held for a place (hold())
+            for waiter in address.waiting:
+                if not waiter.done():
+                    waiter.set_exception(Unavailable(reason, retry_after=1))
 
     async def close(self) -> None:
         for task in list(self._calls):

@@ -3,7 +3,8 @@ rerankers (and embedding models, which must not rerank)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,8 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.conftest import run_gateway
+from embedding_gateway.state import GATEWAY
+from tests.conftest import run_gateway, serve_app
 from tests.fakes import FAKE_STATE, FakeState, serve_fake
 from tests.fakes.infinity import create_infinity_app
 from tests.fakes.scores import fake_score
@@ -259,3 +261,38 @@ async def test_the_log_line_and_the_metrics_carry_the_task() -> None:
             text = await resp.text()
         assert (f'embedding_gateway_inputs_total{{backend="tei",model="{TEI_RERANKER}",'
                 f'task="rerank"}} {float(len(DOCUMENTS))}') in text
+
+
+async def test_a_shutdown_answers_rerank_calls_still_waiting_for_a_place_with_503() -> None:
+    app = create_tei_app(TEI_RERANKER, max_client_batch_size=4, model_type="reranker")
+    async with serve_fake(app) as tei, serve_app({"backends": {"tei": {
+            "kind": "tei", "base_url": tei, "max_concurrency": 1,
+            "models": {TEI_RERANKER: {}}}}}) as (url, gateway_app), \
+            aiohttp.ClientSession() as session:
+
+        async def rerank() -> tuple[int, str | None, Any]:
+            body = {"model": TEI_RERANKER, "query": QUERY, "documents": DOCUMENTS[:4]}
+            async with session.post(f"{url}/v1/rerank", json=body) as response:
+                return response.status, response.headers.get("Retry-After"), await response.json()
+
+        assert (await rerank())[0] == 200  # the backend is checked and serving
+        app[TEI_STATE].hang = True
+        first = asyncio.create_task(rerank())
+        await soon(lambda: sum(path == "/rerank" for path, _ in app[FAKE_STATE].requests) == 2)
+        second = asyncio.create_task(rerank())  # the first holds the one place: this waits
+        batcher = gateway_app[GATEWAY].batchers["tei"]
+        await soon(lambda: any(address.waiting for address in batcher.addresses.values()))
+        assert await gateway_app[GATEWAY].drain(0.05) == 2
+        status, retry_after, body = await second
+        assert (status, retry_after) == (503, "1")
+        assert "shutting down" in body["error"]["message"]
+        app[TEI_STATE].hang = False
+        assert (await first)[0] == 200
+
+
+async def soon(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
