@@ -473,8 +473,11 @@ async def test_the_page_is_usable_at_phone_width(
     browser: Browser, playground_gateway: Callable[..., Any], tmp_path: Path
 ) -> None:
     texts = [*BATCH, "Stock markets fell sharply today in a broad sell-off."]
+    reranker = "BAAI/bge-reranker-base"
     async with (
-        playground_gateway(api_keys=[API_KEY]) as base_url,
+        serve_fake(create_tei_app(reranker, model_type="reranker")) as rerank_url,
+        playground_gateway(api_keys=[API_KEY], managed={"rerank": {
+            "kind": "tei", "base_url": rerank_url, "models": {reranker: {}}}}) as base_url,
         open_playground(browser, base_url, width=PHONE_WIDTH) as page,
     ):
         await page.fill("[data-testid=api-key]", API_KEY)
@@ -493,3 +496,12 @@ async def test_the_page_is_usable_at_phone_width(
         assert await page.locator("[data-testid=compare-matrix]").count() == 2
         await fits_in_viewport(page)
         await page.screenshot(path=tmp_path / "compare-phone.png", full_page=True)
+
+        await page.click("[data-testid=tab-rerank]")
+        await page.wait_for_selector(f"#rerank-model option[value='{reranker}']",
+                                     state="attached")
+        await page.fill("[data-testid=rerank-query]", "weather in Seoul")
+        await page.fill("[data-testid=rerank-documents]", "\n".join(texts))
+        await page.click("[data-testid=rerank-run]")
+        await page.wait_for_selector("[data-testid=rerank-row]")
+        await fits_in_viewport(page)
