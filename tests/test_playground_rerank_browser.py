@@ -85,8 +85,8 @@ async def test_the_rerank_tab_ranks_documents_with_score_bars() -> None:
         await page.uncheck("[data-testid=rerank-return-documents]")
         await page.fill("[data-testid=rerank-top-n]", "")
         await page.click("[data-testid=rerank-run]")
-        await page.wait_for_function(
-            "document.querySelectorAll('[data-testid=rerank-row]').length === 5")
+        # selectors, not wait_for_function: that polls with eval, which the page's CSP refuses
+        await page.wait_for_selector("[data-testid=rerank-row][data-returned=false]:nth-child(5)")
         shown = await rows(page)
         assert [int(r["index"]) for r in shown] == expected()
         assert {r["returned"] for r in shown} == {"false"}  # texts from the page's own list
@@ -106,6 +106,5 @@ async def test_the_rerank_tab_says_what_is_missing_and_shows_the_gateways_errors
             document.getElementById('rerank-model').append(option);
             document.getElementById('rerank-model').value = 'no-such-model'; }""")
         await page.click("[data-testid=rerank-run]")
-        await page.wait_for_function(
-            "document.querySelector('[data-testid=rerank-error]').textContent.startsWith('404')")
+        await page.wait_for_selector("[data-testid=rerank-error]:has-text('404:')")
         assert await page.is_hidden("[data-testid=rerank-result]")
