@@ -201,6 +201,54 @@ async def test_ollama_speaks_ollama() -> None:
         assert (await http.post(f"{url}/api/embed", json={"model": "bge-m3"})).status == 500
 
 
+async def test_ollama_embeds_with_any_embedding_head_and_refuses_a_chat_model_as_it_does() -> None:
+    """/api/embed asks for no capability: a chat model loads, then its runner answers 501."""
+    app = create_ollama_app({"bge-m3": 8, "jmorganca/e5:v2": 8}, chat_models=["llama3.2:3b"])
+    async with aiohttp.ClientSession() as http, serve_fake(app) as url:
+        chat = {"model": "llama3.2:3b", "input": []}
+        loaded = await http.post(f"{url}/api/embed", json=chat)
+        assert (loaded.status, await loaded.json()) == (200, {"model": "llama3.2:3b",
+                                                              "embeddings": []})
+        refused = await http.post(f"{url}/api/embed", json={**chat, "input": "x"})
+        assert (refused.status, await refused.json()) == (
+            501, {"error": "this model does not support embeddings"})
+        legacy = await http.post(f"{url}/api/embeddings",
+                                 json={"model": "llama3.2:3b", "prompt": "x"})
+        assert (legacy.status, await legacy.json()) == (
+            500, {"error": "this model does not support embeddings"})
+
+        cards = (await (await http.get(f"{url}/v1/models")).json())["data"]
+        assert {(c["id"], c["owned_by"]) for c in cards} == {
+            ("bge-m3:latest", "library"), ("jmorganca/e5:v2", "jmorganca"),
+            ("llama3.2:3b", "library")}
+        cases = [
+            ({"model": "llama3.2:3b", "input": "x"}, 501, "api_error",
+             "this model does not support embeddings"),
+            ({"model": "nope", "input": "x"}, 404, "not_found_error",
+             'model "nope" not found, try pulling it first'),
+            ({"model": "bge-m3", "input": []}, 400, "invalid_request_error", "invalid input"),
+            ({"model": "bge-m3", "input": [[1, 2]]}, 400, "invalid_request_error",
+             "invalid input type"),
+        ]
+        for request, status, kind, message in cases:
+            answer = await http.post(f"{url}/v1/embeddings", json=request)
+            assert (answer.status, await answer.json()) == (status, {"error": {
+                "message": message, "type": kind, "param": None, "code": None}})
+        body = {"model": "BGE-M3", "input": "x", "encoding_format": "base64"}
+        answer = await (await http.post(f"{url}/v1/embeddings", json=body)).json()
+        assert answer["model"] == "BGE-M3"  # the name asked, not the one listed
+        assert which_model(decode(answer["data"][0]["embedding"]).tolist(), "x",
+                           ["bge-m3", "jmorganca/e5:v2"], 8) == "bge-m3"
+
+
+async def test_vllm_answers_errors_nested_by_default() -> None:
+    """Since 0.10.1 vLLM's errors are ``{"error": {...}}`` only."""
+    async with aiohttp.ClientSession() as http, serve_fake(create_vllm_app("m", dims=4)) as url:
+        answer = await http.post(f"{url}/v1/embeddings", json={"model": "other", "input": "a"})
+        assert answer.status == 404
+        assert set(await answer.json()) == {"error"}
+
+
 @pytest.mark.parametrize("shape", ["object", "nested"])
 async def test_vllm_speaks_vllm(shape: str) -> None:
     app = create_vllm_app("intfloat/e5-small", dims=16, max_model_len=6, error_shape=shape)

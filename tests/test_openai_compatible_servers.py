@@ -13,6 +13,7 @@ from tests.fakes import serve_fake
 from tests.fakes.infinity import create_infinity_app
 from tests.fakes.ollama import create_ollama_app
 from tests.fakes.vectors import which_model
+from tests.fakes.vllm import create_vllm_app
 
 
 async def post(url: str, model: str, text: Any) -> tuple[int, dict[str, Any]]:
@@ -54,6 +55,53 @@ async def test_ollama_through_its_openai_routes() -> None:
             async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as resp:
                 health = await resp.json()
                 assert resp.status == 200, health
+
+
+async def test_ollama_through_its_openai_routes_matches_names_as_ollama_does() -> None:
+    """Listed as ``Qwen3-Embedding:0.6b`` and ``bge-m3:latest``; asked for in another case and
+    without the tag, as Ollama itself allows."""
+    app = create_ollama_app({"Qwen3-Embedding:0.6b": 8, "bge-m3": 8})
+    async with serve_fake(app) as ollama:
+        config = {"backends": {"o": {"kind": "openai", "base_url": ollama, "models": {
+            "qwen3-embedding:0.6b": {}, "BGE-M3": {}}}}}
+        async with run_gateway(config) as url:
+            for model, weights in (("qwen3-embedding:0.6b", "Qwen3-Embedding:0.6b"),
+                                   ("BGE-M3", "bge-m3")):
+                status, body = await post(url, model, "hi")
+                assert status == 200, body
+                vector = body["data"][0]["embedding"]
+                assert which_model(vector, "hi", ["Qwen3-Embedding:0.6b", "bge-m3"], 8) \
+                    == weights
+            async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as resp:
+                assert resp.status == 200, await resp.text()
+
+
+async def test_a_tag_is_dropped_only_where_ollama_lists_the_models() -> None:
+    """A vLLM serving ``e5:latest`` does not serve ``e5``: only Ollama's listing (ids with
+    their tag, ``owned_by`` their namespace) says that ``e5`` means ``e5:latest``."""
+    app = create_vllm_app("/models/e5", dims=8, served_model_name="e5:latest")
+    async with serve_fake(app) as vllm:
+        config = {"backends": {"v": {"kind": "openai", "base_url": vllm,
+                                     "models": {"e5": {}}}}}
+        async with run_gateway(config) as url:
+            status, body = await post(url, "e5", "hi")
+            assert status == 503, body
+            assert "e5:latest" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("kind", ["ollama", "openai"])
+async def test_a_chat_model_on_ollama_is_the_upstreams_failure_with_its_message(
+    kind: str
+) -> None:
+    """Ollama schedules any model for /api/embed; a chat model's runner refuses with 501."""
+    app = create_ollama_app({"bge-m3": 8}, chat_models=["llama3.2:3b"])
+    async with serve_fake(app) as ollama:
+        config = {"backends": {"o": {"kind": kind, "base_url": ollama,
+                                     "models": {"llama3.2:3b": {}}}}}
+        async with run_gateway(config) as url:
+            status, body = await post(url, "llama3.2:3b", "hi")
+            assert status == 502, body
+            assert "this model does not support embeddings" in body["error"]["message"]
 
 
 async def test_ollama_names_match_without_regard_to_case() -> None:

@@ -37,6 +37,24 @@ def match_key(name: str) -> str:
     return with_tag(name).lower()
 
 
+def namespace(model_id: str) -> str:
+    """The namespace of an Ollama name (``[host/][namespace/]model[:tag]``), ``library`` when
+    it has none, as ``model.ParseName`` fills it."""
+    path = model_id.split("/")
+    return "library" if len(path) == 1 else path[0] if len(path) == 2 else path[1]
+
+
+def is_ollama_listing(cards: Any) -> bool:
+    """Ollama's ``/v1/models`` (``openai.ToListCompletion``): every id carries its tag and
+    ``owned_by`` is that name's namespace (``library`` for ``bge-m3:latest``). vLLM's and
+    Infinity's cards are owned by ``vllm`` and ``infinity``."""
+    return bool(cards) and all(
+        isinstance(card, dict) and ":" in str(card.get("id", "")).rsplit("/", 1)[-1]
+        and card.get("owned_by") == namespace(str(card["id"]))
+        for card in cards
+    )
+
+
 # Ollama answers 400 for every failure of /api/embed, its runner's crashes included
 # (server/routes.go): only these messages are about the request itself
 CLIENT_FAULTS = ("input length exceeds", "exceeds maximum context length", "invalid input",

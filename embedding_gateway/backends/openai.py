@@ -29,6 +29,7 @@ from .base import (
     served_name,
     token_count,
 )
+from .ollama import is_ollama_listing, match_key
 
 log = structlog.get_logger("embedding_gateway.backends.openai")
 
@@ -134,12 +135,24 @@ class OpenAIBackend(Backend):
             for card in body["data"]:  # vLLM: one card per served name, ``root`` the weights
                 if isinstance(card, dict) and card.get("root"):
                     by_root.setdefault(str(card["root"]), set()).add(str(card["id"]))
+            if is_ollama_listing(body["data"]):
+                return self._check_ollama_served(ids)
         groups = [frozenset(names) for names in by_root.values()]
-        # Ollama's /v1/models: every id carries its tag, and "bge-m3" means "bge-m3:latest"
-        groups += [frozenset({i, i.removesuffix(":latest")}) for i in ids
-                   if i.endswith(":latest")]
-        ids |= {i.removesuffix(":latest") for i in ids}
         return self.check_served(ids, ", ".join(sorted(ids)) or "no models", groups)
+
+    def _check_ollama_served(self, ids: set[str]) -> Probe:
+        """Ollama names a model as it matches one: ``bge-m3`` is ``bge-m3:latest``, in any
+        case. Its answer is named by what was asked, so the name sent is the configured one."""
+        listed = {match_key(i): i for i in ids}
+        serving: set[str] = set()
+        groups = []
+        for name, model in self.config.models.items():
+            expected = served_name(name, model)
+            found = listed.get(match_key(expected))
+            if found is not None:
+                serving.add(expected)
+                groups.append(frozenset({expected, found}))
+        return self.check_served(serving, ", ".join(sorted(ids)), groups)
 
 
 def _task(card: Any) -> Task | None:

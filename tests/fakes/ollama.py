@@ -1,6 +1,11 @@
 """A fake Ollama server (docs/api.md, server/routes.go): /api/embed, legacy /api/embeddings,
-/api/tags, /api/show, /api/ps, /api/version and `GET /`; /api/pull is added by
+/api/tags, /api/show, /api/ps, /api/version, `GET /`, and the OpenAI routes /v1/models and
+/v1/embeddings (middleware/openai.go, openai/openai.go); /api/pull is added by
 `tests.fakes.ollama_pull.install_pull`.
+
+Any model with an embedding head (a GGUF `pooling_type`: `models` here) embeds; a chat-only
+model (`chat_models`) is scheduled all the same, since /api/embed asks for no capability, and
+its runner refuses with 501 "this model does not support embeddings", which Ollama passes on.
 
 Vectors are seeded with the model name without a `:latest` tag, so `bge-m3` and
 `bge-m3:latest` give the same vectors and `which_model(..., ["bge-m3"], ...)` finds them.
@@ -35,7 +40,8 @@ from tests.fakes import (
 )
 from tests.fakes.vectors import count_tokens, cut, fake_vector, truncate_item
 
-VERSION = "0.12.6"
+VERSION = "0.33.0"
+NO_EMBEDDING_HEAD = "this model does not support embeddings"  # the runner's http.Error, trimmed
 DEFAULT_KEEP_ALIVE = 300.0
 LEGACY_SCALE = 3.0
 FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
@@ -315,8 +321,6 @@ async def embed(request: web.Request) -> web.Response:
         full = _resolve(state, model)
         if "keep_alive" in body:
             state.keep_alives.append((full, body["keep_alive"]))
-        if full not in state.models:
-            raise OllamaError(501, "This server does not support embeddings.")
         loaded_at = time.monotonic_ns()
         _mark_loaded(state, full, keep_alive)
         if not texts:
@@ -338,6 +342,8 @@ async def embed(request: web.Request) -> web.Response:
 def _embed_texts(
     state: OllamaState, full: str, texts: list[str], body: dict[str, Any]
 ) -> tuple[list[list[float]], int]:
+    if full not in state.models:  # the runner's /embedding answers 501; EmbedHandler keeps it
+        raise OllamaError(501, NO_EMBEDDING_HEAD)
     truncate = body.get("truncate", True) is not False
     dimensions = body.get("dimensions")
     dims = state.models[full]
@@ -370,14 +376,14 @@ async def legacy_embeddings(request: web.Request) -> web.Response:
         full = _resolve(state, body.get("model"))
         if "keep_alive" in body:
             state.keep_alives.append((full, body["keep_alive"]))
-        if full not in state.models:
-            raise OllamaError(500, "This server does not support embeddings.")
         _mark_loaded(state, full, keep_alive)
     except OllamaError as exc:
         return exc.response()
     prompt = body.get("prompt") or ""
     if not prompt:
         return web.json_response({"embedding": []})
+    if full not in state.models:  # EmbeddingsHandler: any runner error is a 500
+        return OllamaError(500, NO_EMBEDDING_HEAD).response()
     vector = fake_vector(untagged(full), prompt, state.models[full]).astype(np.float64)
     return web.json_response({"embedding": (vector * LEGACY_SCALE).tolist()})
 
@@ -414,41 +420,63 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-# -- the OpenAI-compatible routes (openai/openai.go): ids carry their tag, errors are OpenAI's
+# -- the OpenAI-compatible routes (middleware/openai.go, openai/openai.go): ids carry their tag,
+# owned_by is the name's namespace, errors are OpenAI's envelope with Ollama's message
 
 
 def _openai_error(exc: OllamaError) -> web.Response:
-    kind = "invalid_request_error" if exc.status < 500 else "api_error"
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(exc.status, "api_error")
     return web.json_response({"error": {"message": exc.message, "type": kind, "param": None,
                                         "code": None}}, status=exc.status)
 
 
+def _namespace(name: str) -> str:
+    """`model.ParseName(name).Namespace`: `library` unless the name says otherwise."""
+    path = name.split("/")  # [host/][namespace/]model[:tag]
+    return "library" if len(path) == 1 else path[0] if len(path) == 2 else path[1]
+
+
 async def openai_models(request: web.Request) -> web.Response:
     state = request.app[OLLAMA_STATE]
-    cards = [{"id": name, "object": "model", "created": 0, "owned_by": "library"}
+    created = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    cards = [{"id": name, "object": "model", "created": created, "owned_by": _namespace(name)}
              for name in _all_models(state)]
     return web.json_response({"object": "list", "data": cards})
+
+
+def _openai_input(body: dict[str, Any]) -> list[str]:
+    """EmbeddingsMiddleware: "" is [""], an absent or empty list is "invalid input"; then
+    EmbedHandler takes strings only."""
+    raw = body.get("input")
+    if raw == "":
+        raw = [""]
+    if raw is None or raw == []:
+        raise OllamaError(400, "invalid input")
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+        raise OllamaError(400, "invalid input type")
+    return raw
 
 
 async def openai_embeddings(request: web.Request) -> web.Response:
     state = request.app[OLLAMA_STATE]
     try:
         body = await _body(request)
+        encoding = body.get("encoding_format") or ""
+        if encoding and encoding.lower() not in ("float", "base64"):
+            raise OllamaError(400, f"Invalid value for 'encoding_format' = {encoding}. "
+                                   "Supported values: ['float', 'base64'].")
+        texts = _openai_input(body)
         await pause(request)
         full = _resolve(state, body.get("model"))
-        if full not in state.models:
-            raise OllamaError(501, "This server does not support embeddings.")
-        raw = body.get("input")
-        texts = [raw] if isinstance(raw, str) else raw
-        if not isinstance(texts, list) or not texts or not all(
-                isinstance(t, str) for t in texts):
-            raise OllamaError(400, "invalid input type")
-        vectors, tokens = _embed_texts(state, full, texts, {})
+        vectors, tokens = _embed_texts(state, full, texts,
+                                       {"dimensions": body.get("dimensions")})
     except OllamaError as exc:
         return _openai_error(exc)
-    base64_out = body.get("encoding_format") == "base64"
-    data = [{"object": "embedding", "index": i,
+    base64_out = encoding.lower() == "base64"
+    data = [{"object": "embedding",
              "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
-             if base64_out else v} for i, v in enumerate(vectors)]
+             if base64_out else v, "index": i} for i, v in enumerate(vectors)]
     return web.json_response({"object": "list", "data": data, "model": body["model"],
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

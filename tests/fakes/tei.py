@@ -34,7 +34,7 @@ from tests.fakes import (
 from tests.fakes.scores import fake_score
 from tests.fakes.vectors import Item, count_tokens, cut, fake_vectors, truncate_item
 
-VERSION = "1.9.0"
+VERSION = "1.9.3"
 PAYLOAD_LIMIT = 2_000_000
 UNNORMALISED_SCALE = 2.5
 

@@ -40,7 +40,7 @@ from tests.fakes import (
 from tests.fakes.scores import fake_score
 from tests.fakes.vectors import Item, count_tokens, cut, fake_vector, fake_vectors, truncate_item
 
-VERSION = "0.11.0"
+VERSION = "0.33.0"
 MAX_BODY = 64 * 1024 * 1024
 ErrorShape = Literal["object", "nested"]
 
@@ -62,7 +62,7 @@ class VllmState(FakeState):
     max_model_len: int = 512
     matryoshka: bool = False
     truncation_side: str = "right"  # the tokenizer's, used unless a request names one
-    error_shape: ErrorShape = "object"
+    error_shape: ErrorShape = "nested"  # "object": the flat shape vLLM dropped in 0.10.1
     api_key: str | None = None
     created: int = 0
     task: Literal["embed", "score"] = "embed"
@@ -102,7 +102,7 @@ def create_vllm_app(
     dims: int = 384,
     max_model_len: int = 512,
     matryoshka: bool = False,
-    error_shape: ErrorShape = "object",
+    error_shape: ErrorShape = "nested",
     *,
     served_model_name: str | list[str] | None = None,
     api_key: str | None = None,
@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dims", type=int, default=384)
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--matryoshka", action="store_true")
-    parser.add_argument("--error-shape", choices=["object", "nested"], default="object")
+    parser.add_argument("--error-shape", choices=["object", "nested"], default="nested")
     parser.add_argument("--api-key")
     parser.add_argument("--runner-task", choices=["embed", "score"], default="embed",
                         help="what the model is (vLLM reads it from the model's config)")
