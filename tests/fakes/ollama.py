@@ -1,7 +1,6 @@
 """A fake Ollama server (docs/api.md, server/routes.go): /api/embed, legacy /api/embeddings,
 /api/tags, /api/show, /api/ps, /api/version, `GET /`, and the OpenAI routes /v1/models and
-/v1/embeddings (middleware/openai.go, openai/openai.go); /api/pull is added by
-`tests.fakes.ollama_pull.install_pull`.
+/v1/embeddings (`ollama_openai.py`); /api/pull is added by `tests.fakes.ollama_pull.install_pull`.
 
 Any model with an embedding head (a GGUF `pooling_type`: `models` here) embeds; a chat-only
 model (`chat_models`) is scheduled all the same, since /api/embed asks for no capability, and
@@ -14,7 +13,6 @@ Vectors are seeded with the model name without a `:latest` tag, so `bge-m3` and
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import re
@@ -113,8 +111,9 @@ def create_ollama_app(
     app.router.add_post("/api/show", show)
     app.router.add_post("/api/embed", embed)
     app.router.add_post("/api/embeddings", legacy_embeddings)
-    app.router.add_get("/v1/models", openai_models)
-    app.router.add_post("/v1/embeddings", openai_embeddings)
+    from tests.fakes.ollama_openai import install_openai_routes  # it builds on this module
+
+    install_openai_routes(app)
     return app
 
 
@@ -418,65 +417,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-# -- the OpenAI-compatible routes (middleware/openai.go, openai/openai.go): ids carry their tag,
-# owned_by is the name's namespace, errors are OpenAI's envelope with Ollama's message
-
-
-def _openai_error(exc: OllamaError) -> web.Response:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(exc.status, "api_error")
-    return web.json_response({"error": {"message": exc.message, "type": kind, "param": None,
-                                        "code": None}}, status=exc.status)
-
-
-def _namespace(name: str) -> str:
-    """`model.ParseName(name).Namespace`: `library` unless the name says otherwise."""
-    path = name.split("/")  # [host/][namespace/]model[:tag]
-    return "library" if len(path) == 1 else path[0] if len(path) == 2 else path[1]
-
-
-async def openai_models(request: web.Request) -> web.Response:
-    state = request.app[OLLAMA_STATE]
-    created = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
-    cards = [{"id": name, "object": "model", "created": created, "owned_by": _namespace(name)}
-             for name in _all_models(state)]
-    return web.json_response({"object": "list", "data": cards})
-
-
-def _openai_input(body: dict[str, Any]) -> list[str]:
-    """EmbeddingsMiddleware: "" is [""], an absent or empty list is "invalid input"; then
-    EmbedHandler takes strings only."""
-    raw = body.get("input")
-    if raw == "":
-        raw = [""]
-    if raw is None or raw == []:
-        raise OllamaError(400, "invalid input")
-    if isinstance(raw, str):
-        return [raw]
-    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
-        raise OllamaError(400, "invalid input type")
-    return raw
-
-
-async def openai_embeddings(request: web.Request) -> web.Response:
-    state = request.app[OLLAMA_STATE]
-    try:
-        body = await _body(request)
-        encoding = body.get("encoding_format") or ""
-        if encoding and encoding.lower() not in ("float", "base64"):
-            raise OllamaError(400, f"Invalid value for 'encoding_format' = {encoding}. "
-                                   "Supported values: ['float', 'base64'].")
-        texts = _openai_input(body)
-        await pause(request)
-        full = _resolve(state, body.get("model"))
-        vectors, tokens = _embed_texts(state, full, texts,
-                                       {"dimensions": body.get("dimensions")})
-    except OllamaError as exc:
-        return _openai_error(exc)
-    base64_out = encoding.lower() == "base64"
-    data = [{"object": "embedding",
-             "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
-             if base64_out else v, "index": i} for i, v in enumerate(vectors)]
-    return web.json_response({"object": "list", "data": data, "model": body["model"],
-                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
