@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from . import memory
 from .errors import (
     AuthenticationFailed,
     CrossOriginRefused,
@@ -142,6 +143,8 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
             tokens=int(fields.get("tokens", 0)),  # type: ignore[call-overload]
         )
     log_request(request, request_id, response.status, elapsed, fields)
+    if (request.content_length or 0) >= memory.LARGE_BODY:
+        memory.trim_soon()
     return response
 
 
