@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .cache import cache_mode
 from .errors import InvalidRequest, RequestTimeout
 from .rerank_schemas import parse_rerank_request, rerank_response_body
 from .router import Route, Router
@@ -20,6 +21,7 @@ from .token_input import read_token_ids
 from .truncation import truncated_header
 
 STREAM_ABOVE_VALUES = 64 * 1024  # responses with more floats than this are written in pieces
+CACHE_HITS_HEADER = "X-Cache-Hits"  # how many of the request's inputs came from the cache
 STARTED = int(time.time())
 
 
@@ -53,9 +55,13 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     fields.update(model=parsed.model, backend=route.backend, inputs=len(parsed.inputs))
     router.check(parsed, route)
     parsed = read_token_ids(parsed, route.options.token_ids)  # decoded before any cache/batch
-    result = await router.embed(parsed, route)
+    result = await router.embed(parsed, route, cache_mode(request.headers.get("Cache-Control")))
     fields["tokens"] = result.prompt_tokens
-    headers = {} if result.truncated is None else truncated_header(result.truncated)
+    if result.cached:
+        fields["cached"] = result.cached
+    headers = {CACHE_HITS_HEADER: str(result.cached)}
+    if result.truncated is not None:
+        headers |= truncated_header(result.truncated)
     if result.vectors.size <= STREAM_ABOVE_VALUES:
         body = response_body(result, model=parsed.model, encoding_format=parsed.encoding_format)
         return web.Response(body=body, content_type="application/json", headers=headers)
@@ -109,6 +115,7 @@ def model_entry(gateway: Gateway, router: Router, name: str, route: Route) -> di
         "max_input_tokens": upstream.backend.input_limit(route.model, route.options),
         "task": router.task(route),
         "managed": upstream.managed,
+        **router.cache_status(route),
         **upstream.model_state(route.model).as_dict(),
     }
 
@@ -140,6 +147,7 @@ async def health(request: web.Request) -> web.Response:
     }
     if request[AUTHORIZED]:  # models, addresses and upstream logs are for key holders
         body["backends"] = backends
+        body["cache"] = gateway.routes().cache.state()
     return json_response(body, 200 if healthy and not gateway.draining else 503)
 
 

@@ -63,6 +63,11 @@ def _api_prefix(value: str | None) -> None:
         raise ValueError(f"must be empty or a path like /v1, got {value!r}")
 
 
+def _redis_url(value: str) -> None:
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {value!r}")
+
+
 def _non_empty(backends: Mapping[str, Any]) -> None:
     if not backends:
         raise ValueError("at least one backend is needed: with none, every model is a 404")
@@ -144,6 +149,7 @@ class ModelConfig:
     forward_input_type: bool = False
     default_input_type: str | None = field(default=None, validator=_input_type)
     token_ids: TokenIds = "openai"
+    cache: bool = True  # false: this model's vectors are never stored or answered from a cache
 
 
 def ssh_supported() -> bool:
@@ -264,9 +270,26 @@ class BackendConfig:
 
 
 @frozen(kw_only=True)
+class RedisCacheConfig:
+    url: str = field(validator=lambda _i, _a, v: _redis_url(v))
+    ttl: float = field(default=7 * 24 * 3600, validator=_bounds(ge=0))  # seconds; 0 = none
+    timeout: float = field(default=0.1, validator=_bounds(gt=0))  # s per call, then it is down
+    retry_after: float = field(default=5, validator=_bounds(gt=0))  # s left alone once down
+    prefix: str = "embedding-gateway:"
+
+
+@frozen(kw_only=True)
+class CacheConfig:
+    memory_bytes: int = field(default=128 * 1024 * 1024, validator=_bounds(ge=0))  # 0 = off
+    unversioned: bool = True  # cache models whose upstream reports no revision
+    redis: RedisCacheConfig | None = None
+
+
+@frozen(kw_only=True)
 class GatewayConfig:
     server: ServerConfig = field(factory=ServerConfig)
     metrics: MetricsConfig = field(factory=MetricsConfig)
+    cache: CacheConfig = field(factory=CacheConfig)
     gpus: dict[DeviceId, GpuConfig] = field(factory=dict)
     backends: dict[str, BackendConfig] = field(validator=lambda _i, _a, value: _non_empty(value))
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from . import policy
+from .backends.base import ServedIdentity
 from .config import GpuConfig, ManagedConfig
 from .runtimes.base import InstanceHandle
 
@@ -31,6 +32,8 @@ class Instance:
     ready_since: float | None = None
     last_used: float = field(default_factory=time.monotonic)
     dead: bool = False  # exited on its own; its slot is freed once no lease holds it
+    # what its check found it serving (weights and revision): its models' fingerprint
+    identities: dict[str, ServedIdentity] = field(default_factory=dict)
 
 
 @dataclass

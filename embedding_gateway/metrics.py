@@ -169,6 +169,42 @@ class Metrics:
             ["backend"],
             registry=reg,
         )
+        self._cache_hits = Counter(
+            f"{_PREFIX}_cache_hits_total",
+            "Inputs answered from the cache, by model and tier (memory, redis).",
+            ["model", "tier"],
+            registry=reg,
+        )
+        self._cache_misses = Counter(
+            f"{_PREFIX}_cache_misses_total",
+            "Inputs looked up in the cache and not found there.",
+            ["model"],
+            registry=reg,
+        )
+        self._cache_shared = Counter(
+            f"{_PREFIX}_cache_shared_total",
+            "Inputs answered by another request's computation of the same input in flight.",
+            ["model"],
+            registry=reg,
+        )
+        self._cache_bytes = Gauge(
+            f"{_PREFIX}_cache_bytes",
+            "Bytes the in-process cache holds, by model.",
+            ["model", "tier"],
+            registry=reg,
+        )
+        self._cache_evictions = Counter(
+            f"{_PREFIX}_cache_evictions_total",
+            "Entries evicted from the in-process cache to stay within its byte bound.",
+            ["model"],
+            registry=reg,
+        )
+        self._cache_redis_errors = Counter(
+            f"{_PREFIX}_cache_redis_errors_total",
+            "Redis calls that failed or timed out (the request went upstream instead).",
+            ["model"],
+            registry=reg,
+        )
         self._tasks = Gauge(
             f"{_PREFIX}_event_loop_tasks",
             "Tasks alive on the gateway's event loop (a leak shows as growth).",
@@ -201,6 +237,24 @@ class Metrics:
         duration.observe(seconds)
         inputs_total.inc(inputs)
         tokens_total.inc(tokens)
+
+    def cache_hit(self, *, model: str, tier: str, inputs: int) -> None:
+        self._cache_hits.labels(model=model, tier=tier).inc(inputs)
+
+    def cache_lookup(self, *, model: str, misses: int) -> None:
+        self._cache_misses.labels(model=model).inc(misses)
+
+    def cache_shared(self, *, model: str, inputs: int) -> None:
+        self._cache_shared.labels(model=model).inc(inputs)
+
+    def set_cache_bytes(self, *, model: str, tier: str, size: int) -> None:
+        self._cache_bytes.labels(model=model, tier=tier).set(size)
+
+    def cache_evicted(self, *, model: str) -> None:
+        self._cache_evictions.labels(model=model).inc()
+
+    def cache_redis_error(self, *, model: str) -> None:
+        self._cache_redis_errors.labels(model=model).inc()
 
     def upstream_error(self, *, backend: str, kind: str) -> None:
         if kind not in UPSTREAM_ERROR_KINDS:

@@ -3,16 +3,21 @@ then leased and batched (embeddings) or split into rerank calls."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
+from .backends.base import served_name
 from .batching import Batcher
+from .cache import CacheMode, EmbeddingCache
+from .cache_keys import Fingerprint, fingerprint, namespace
 from .config import GatewayConfig, ModelConfig, Task
 from .errors import InvalidRequest, ModelNotFound, TaskMismatch, UpstreamFailed
 from .metrics import Metrics
 from .prompts import apply_input_type
 from .rerank_schemas import RerankRequest, Scores
 from .reranking import rerank_documents
-from .schemas import EmbeddingRequest, Embeddings, cut_dimensions
+from .schemas import EmbeddingRequest, Embeddings, Inputs, cut_dimensions
 from .upstream import Upstream
 
 
@@ -41,11 +46,13 @@ class Router:
         upstreams: dict[str, Upstream],
         batchers: dict[str, Batcher],
         metrics: Metrics,
+        cache: EmbeddingCache,
     ) -> None:
         self.routes = build_routes(config)
         self.upstreams = upstreams
         self.batchers = batchers
         self.metrics = metrics
+        self.cache = cache
 
     def discovered_routes(self) -> dict[str, Route]:
         """Routes for models the upstreams offer beyond the config, by their full names."""
@@ -141,7 +148,45 @@ class Router:
             return request.truncate
         return route.options.truncation == "truncate"
 
-    async def embed(self, request: EmbeddingRequest, route: Route) -> Embeddings:
+    def cache_status(self, route: Route) -> dict[str, Any]:
+        """What ``/v1/models`` says of a model's cache: its revision, and whether (and why
+        not) its vectors are cached."""
+        model = self._fingerprint(self.upstreams[route.backend], route)
+        reason = None
+        if not self.cache.enabled:
+            reason = "the cache is off (cache.memory_bytes is 0 and there is no cache.redis)"
+        elif not route.options.cache:
+            reason = "cache: false for this model"
+        elif model is None:
+            reason = "the upstream has not yet said what it serves under this name"
+        elif model.revision is None:
+            reason = ("the upstream reports no revision: entries follow the name it reports, "
+                      "not its weights" if self.cache.unversioned else
+                      "the upstream reports no revision (cache.unversioned: false)")
+        return {"revision": model.revision if model else None,
+                "cache": {"enabled": self._cacheable(route, model), "reason": reason}}
+
+    def _cacheable(self, route: Route, model: Fingerprint | None) -> bool:
+        return (self.cache.enabled and route.options.cache and model is not None
+                and (model.revision is not None or self.cache.unversioned))
+
+    def _fingerprint(self, upstream: Upstream, route: Route) -> Fingerprint | None:
+        served = served_name(route.model, route.options)
+        return fingerprint(upstream.backend, served, upstream.identity(served), route.options)
+
+    def _namespace(self, upstream: Upstream, request: EmbeddingRequest, route: Route,
+                   call: Hashable) -> str | None:
+        """Where this request's vectors are cached (``call``: what its upstream calls carry
+        beyond the inputs); ``None``: they are not."""
+        if not (route.options.cache and self.cache.enabled):
+            return None
+        model = self._fingerprint(upstream, route)
+        if model is None or not self._cacheable(route, model):
+            return None
+        return namespace(model, request, call)
+
+    async def embed(self, request: EmbeddingRequest, route: Route,
+                    mode: CacheMode = CacheMode.USE) -> Embeddings:
         upstream = self.upstreams[route.backend]
         batcher = self.batchers[route.backend]
         # prompts go on before the batcher (and any cache) sees the text
@@ -150,8 +195,19 @@ class Router:
         truncate = self.truncates(request, route)
         async with upstream.lease(route.model) as base_url:
             self.check_task(route, request.model, "embed", known=True)
-            result = await batcher.embed(base_url, route.model, route.options, inputs,
-                                         call=call, truncate=truncate)
+            async def compute(items: Inputs) -> Embeddings:
+                return await batcher.embed(base_url, route.model, route.options, items,
+                                           call=call, truncate=truncate)
+
+            space = self._namespace(upstream, request, route, (call, truncate))
+            if space is None:
+                result = await compute(inputs)
+            else:
+                result = await self.cache.embed(route.model, space, inputs, compute, mode)
+                now = self._namespace(upstream, request, route, (call, truncate))
+                if now != space:  # the upstream's weights changed meanwhile: all anew
+                    result = await (compute(inputs) if now is None else self.cache.embed(
+                        route.model, now, inputs, compute, CacheMode.REFRESH))
             # inside the lease, so that the upstream is marked as serving something else
             self._check_size(route, result.vectors.shape[1])
         vectors = result.vectors
@@ -163,7 +219,8 @@ class Router:
                     param="dimensions",
                 )
             vectors = cut_dimensions(vectors, request.dimensions)
-        return Embeddings(vectors, result.prompt_tokens, result.truncated)
+        truncated = (result.truncated or []) if truncate else None
+        return Embeddings(vectors, result.prompt_tokens, truncated, cached=result.cached)
 
     async def rerank(self, request: RerankRequest, route: Route) -> Scores:
         """Scores for every document, from the model asked for; ``check_task`` has let the

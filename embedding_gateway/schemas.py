@@ -44,6 +44,7 @@ class Embeddings:
     vectors: np.ndarray  # shape (n, dims), float32
     prompt_tokens: int
     truncated: list[int] | None = None  # inputs the upstream cut; None: truncation was off
+    cached: int = 0  # how many of the inputs were answered from the cache
 
 
 def _is_token_list(value: Any) -> bool:

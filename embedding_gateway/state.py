@@ -21,7 +21,8 @@ from aiohttp import web
 
 from .backends import create_backend
 from .batching import Batcher
-from .config import BackendConfig, GatewayConfig, ManagedConfig
+from .cache import EmbeddingCache, MemoryTier, Tier
+from .config import BackendConfig, CacheConfig, GatewayConfig, ManagedConfig
 from .http_client import HttpClient
 from .instances import DeviceLedger
 from .metrics import Metrics
@@ -60,6 +61,17 @@ def only_soft_changes(old: BackendConfig, new: BackendConfig) -> bool:
     return hard(old) == hard(new)
 
 
+def build_cache(config: CacheConfig, metrics: Metrics) -> EmbeddingCache:
+    tiers: list[Tier] = []
+    if config.memory_bytes:
+        tiers.append(MemoryTier(config.memory_bytes, metrics))
+    if config.redis is not None:
+        from .cache_redis import RedisTier
+
+        tiers.append(RedisTier(config.redis, metrics))
+    return EmbeddingCache(tiers, metrics, unversioned=config.unversioned)
+
+
 class RequestCounter:
     """Requests being served (``with counter:`` counts one), so that a shutdown can wait for
     the last one."""
@@ -88,6 +100,7 @@ class Gateway:
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     batchers: dict[str, Batcher] = field(default_factory=dict)
     router: Router | None = None
+    cache: EmbeddingCache | None = None
     draining: bool = False
     connections: ConnectionGuard | None = None  # set by the server that guards them (cli)
 
@@ -144,7 +157,9 @@ class Gateway:
         }
         self.batchers = {name: Batcher(u.backend, self.metrics)
                          for name, u in self.upstreams.items()}
-        self.router = Router(self.config, self.upstreams, self.batchers, self.metrics)
+        self.cache = build_cache(self.config.cache, self.metrics)
+        self.router = Router(self.config, self.upstreams, self.batchers, self.metrics,
+                             self.cache)
         for upstream in self.upstreams.values():
             await upstream.start()
 
@@ -153,6 +168,8 @@ class Gateway:
             await upstream.close()
         for batcher in self.batchers.values():
             await batcher.close()
+        if self.cache is not None:
+            await self.cache.close()
 
     async def reload(self, new: GatewayConfig) -> None:
         """Apply a validated config without dropping requests: unchanged backends are kept as
@@ -184,7 +201,12 @@ class Gateway:
         self.batchers = {name: old_batchers[name] if name in kept
                          else Batcher(self.upstreams[name].backend, self.metrics)
                          for name in new.backends}
-        self.router = Router(new, self.upstreams, self.batchers, self.metrics)
+        old_cache = self.cache
+        if new.cache != old_config.cache or old_cache is None:
+            self.cache = build_cache(new.cache, self.metrics)
+        self.router = Router(new, self.upstreams, self.batchers, self.metrics, self.cache)
+        if old_cache is not None and old_cache is not self.cache:
+            await old_cache.close()  # requests holding it finish: its tiers only answer misses
 
         async def replace(name: str) -> None:
             """A remote successor starts at once; a managed one after its predecessor has

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from . import policy
-from .backends.base import Backend, served_name, upstream_name
+from .backends.base import Backend, ServedIdentity, served_name, upstream_name
 from .config import BackendConfig, ModelConfig
 from .errors import (
     GatewayError,
@@ -382,6 +382,7 @@ class Supervisor(Upstream):
                         "start (it took the port after the check before the start); stop it, "
                         "or move this backend")
                 if expected in probe.served:
+                    instance.identities = probe.identities
                     return
                 raise RuntimeStartError(
                     f"the instance serves the wrong model: {probe.mismatch.get(instance.model)}"
@@ -574,6 +575,7 @@ class Supervisor(Upstream):
             return None, f"not healthy: {exc.message}"
         if served_name(item.model, models[item.model]) not in probe.served:
             return None, "serves another model"
+        instance.identities = probe.identities
         try:
             instance.handle = await self.runtime.adopt(item, spec)
         except RuntimeStartError as exc:
@@ -614,6 +616,13 @@ class Supervisor(Upstream):
         self.ledger.supervisors.remove(self)
 
     # -- what /health and /v1/models show ---------------------------------------------
+
+    def identity(self, served: str) -> ServedIdentity | None:
+        key = self.backend.identity_key(served)
+        for instance in self.instances.values():
+            if instance.state == "ready" and key in instance.identities:
+                return instance.identities[key]
+        return None
 
     def model_state(self, model: str) -> ModelState:
         error = self.last_error.get(model)

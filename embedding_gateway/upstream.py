@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from .backends.base import Backend, Probe
+from .backends.base import Backend, Probe, ServedIdentity
 from .errors import GatewayError, Unavailable, UpstreamFailed, UpstreamTimeout
 
 log = structlog.get_logger("embedding_gateway.upstream")
@@ -88,6 +88,11 @@ class Upstream(ABC):
     def discovered(self) -> set[str]:
         """Models the upstream offers beyond the configured ones (Ollama ``discover: true``)."""
         return set()
+
+    @abstractmethod
+    def identity(self, served: str) -> ServedIdentity | None:
+        """What the upstream serving ``served`` reported at its last check (the weights' name
+        and revision), if it is reachable and reported it."""
 
     @property
     def can_serve(self) -> bool:
@@ -256,6 +261,12 @@ class RemoteUpstream(Upstream):
     def discovered(self) -> set[str]:
         probe = self._probe
         return probe.discovered if probe is not None and probe.reachable else set()
+
+    def identity(self, served: str) -> ServedIdentity | None:
+        probe = self._probe
+        if probe is None or not probe.reachable:
+            return None
+        return probe.identities.get(self.backend.identity_key(served))
 
     def model_state(self, model: str) -> ModelState:
         problem = self._problem(model)

@@ -186,7 +186,7 @@ async def test_ollama_404_for_a_model_that_is_gone_keeps_its_message() -> None:
             assert status == 200, body
             gone = f'model "{OLLAMA_MODEL}" not found, try pulling it first'
             app[FAKE_STATE].fail = (404, gone)
-            status, body, _ = await call(session, url, {"model": OLLAMA_MODEL, "input": "x"})
+            status, body, _ = await call(session, url, {"model": OLLAMA_MODEL, "input": "y"})
             assert assert_error(status, body, 404) == gone
 
 

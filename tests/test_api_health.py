@@ -188,7 +188,7 @@ async def test_one_failed_request_does_not_mark_a_remote_backend_down() -> None:
             async with session.post(f"{url}/v1/embeddings", json=body) as resp:
                 assert resp.status == 200
             app[FAKE_STATE].fail = (500, None)
-            async with session.post(f"{url}/v1/embeddings", json=body) as resp:
+            async with session.post(f"{url}/v1/embeddings", json={**body, "input": "y"}) as resp:
                 assert resp.status == 502
             app[FAKE_STATE].fail = None
             async with session.get(f"{url}/health") as resp:

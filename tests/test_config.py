@@ -254,7 +254,8 @@ def test_the_example_names_every_key() -> None:
         f"{model.__name__}.{field}"
         for model in (models.GatewayConfig, models.ServerConfig, models.Limits,
                       models.MetricsConfig, models.GpuConfig, models.BackendConfig,
-                      models.ManagedConfig, models.ModelConfig)
+                      models.ManagedConfig, models.ModelConfig, models.CacheConfig,
+                      models.RedisCacheConfig)
         for field in attrs.fields_dict(model)
         if f"{field}:" not in text
     ]

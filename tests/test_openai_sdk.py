@@ -68,8 +68,9 @@ async def test_sdk_embeds_through_every_backend_kind(
             np.testing.assert_allclose(
                 item.embedding, fake_vector(MODELS[kind], text, DIMS), atol=1e-6
             )
-        assert result.usage.prompt_tokens == 6
-        assert result.usage.total_tokens == 6
+        tokens = 6 if model == MODELS[kind] else 0  # the alias is answered from the cache
+        assert result.usage.prompt_tokens == tokens
+        assert result.usage.total_tokens == tokens
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

@@ -38,8 +38,9 @@ def backend(port: int, models: dict[str, dict[str, Any]] | list[str], **managed:
 @asynccontextmanager
 async def gateway(runtime: FakeRuntime, backends: dict[str, Any], **top: Any
                   ) -> AsyncIterator[Client]:
+    # lifecycle under test: every request reaches an instance, none is answered from a cache
     config = {"server": {"playground": False, "health_timeout": 1}, "backends": backends,
-              **top}
+              "cache": {"memory_bytes": 0}, **top}
     try:
         async with run_gateway(config, runtime_factory=lambda managed: runtime) as url, \
                 aiohttp.ClientSession() as session:

@@ -32,6 +32,16 @@ from ..schemas import Embeddings, Inputs
 from ..truncation import too_long
 
 
+@dataclass(frozen=True)
+class ServedIdentity:
+    """What an upstream says it serves under one name: the weights' own name (TEI
+    ``model_id``, vLLM's ``root``, Ollama's tag) and their revision where it reports one (TEI
+    ``model_sha``, Ollama's digest, vLLM's ``root``); ``None`` when it reports none."""
+
+    model: str
+    revision: str | None
+
+
 @dataclass
 class Probe:
     """One health check of an upstream: reachable, and which configured models it serves."""
@@ -44,6 +54,9 @@ class Probe:
     # so that the upstream's own answer ("try pulling it first", 404) reaches the client
     absent: dict[str, str] = field(default_factory=dict)
     discovered: set[str] = field(default_factory=set)  # embedding models found, not configured
+    # what it serves under each name (by ``Backend.identity_key``): the fingerprint that
+    # cached vectors are keyed by
+    identities: dict[str, ServedIdentity] = field(default_factory=dict)
     error: GatewayError | None = None  # why it is unreachable, to answer requests in kind
 
 
@@ -286,6 +299,10 @@ class Backend(ABC):
             else:
                 probe.mismatch[name] = f"upstream serves {serves}, not {expected}"
         return probe
+
+    def identity_key(self, served: str) -> str:
+        """How ``Probe.identities`` is keyed: the served name as the upstream matches it."""
+        return served
 
     def canonical(self, name: str) -> str:
         """The upstream's own spelling of a model name (Ollama adds ``:latest``)."""

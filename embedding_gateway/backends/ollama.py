@@ -18,6 +18,7 @@ from ..schemas import Embeddings, Inputs
 from .base import (
     Backend,
     Probe,
+    ServedIdentity,
     decode_vectors,
     model_mismatch,
     reading,
@@ -79,6 +80,9 @@ class OllamaBackend(Backend):
     def canonical(self, name: str) -> str:
         return with_tag(name)
 
+    def identity_key(self, served: str) -> str:
+        return match_key(served)
+
     def _keep_alive(self, model: ModelConfig) -> dict[str, Any]:
         value = model.keep_alive if model.keep_alive is not None else self.config.keep_alive
         return {} if value is None else {"keep_alive": value}
@@ -113,9 +117,14 @@ class OllamaBackend(Backend):
     async def probe(self, base_url: str, timeout: float) -> Probe:
         body = await self.request_json("GET", f"{base_url}/api/tags", timeout=timeout)
         with reading(f"upstream {self.name!r} /api/tags"):
-            names = {with_tag(str(m.get("name") or m["model"])) for m in body["models"]}
+            listed = [(with_tag(str(m.get("name") or m["model"])), m.get("digest"))
+                      for m in body["models"]]
+        names = {name for name, _ in listed}
         tags = {match_key(name) for name in names}
-        probe = Probe(reachable=True)
+        # the digest names the weights: a pull that updates a tag changes it
+        probe = Probe(reachable=True, identities={
+            match_key(name): ServedIdentity(name, str(digest) if digest else None)
+            for name, digest in listed})
         for name, model in self.config.models.items():
             expected = served_name(name, model)
             if match_key(expected) in tags:

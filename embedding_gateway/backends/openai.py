@@ -21,6 +21,7 @@ from ..schemas import Embeddings, Inputs
 from .base import (
     Backend,
     Probe,
+    ServedIdentity,
     decode_vectors,
     in_index_order,
     model_mismatch,
@@ -132,13 +133,19 @@ class OpenAIBackend(Backend):
                     self.tasks[name] = _task(card)
             self.read_cards(body["data"])
             by_root: dict[str, set[str]] = {}
+            identities: dict[str, ServedIdentity] = {}
             for card in body["data"]:  # vLLM: one card per served name, ``root`` the weights
-                if isinstance(card, dict) and card.get("root"):
-                    by_root.setdefault(str(card["root"]), set()).add(str(card["id"]))
+                root = card.get("root") if isinstance(card, dict) else None
+                if root:
+                    by_root.setdefault(str(root), set()).add(str(card["id"]))
+                identities[str(card["id"])] = ServedIdentity(str(root or card["id"]),
+                                                             str(root) if root else None)
             if is_ollama_listing(body["data"]):
                 return self._check_ollama_served(ids)
         groups = [frozenset(names) for names in by_root.values()]
-        return self.check_served(ids, ", ".join(sorted(ids)) or "no models", groups)
+        probe = self.check_served(ids, ", ".join(sorted(ids)) or "no models", groups)
+        probe.identities = identities
+        return probe
 
     def _check_ollama_served(self, ids: set[str]) -> Probe:
         """Ollama names a model as it matches one: ``bge-m3`` is ``bge-m3:latest``, in any
@@ -146,13 +153,17 @@ class OpenAIBackend(Backend):
         listed = {match_key(i): i for i in ids}
         serving: set[str] = set()
         groups = []
+        identities = {}
         for name, model in self.config.models.items():
             expected = served_name(name, model)
             found = listed.get(match_key(expected))
             if found is not None:
                 serving.add(expected)
                 groups.append(frozenset({expected, found}))
-        return self.check_served(serving, ", ".join(sorted(ids)), groups)
+                identities[expected] = ServedIdentity(found, None)  # no digest on /v1
+        probe = self.check_served(serving, ", ".join(sorted(ids)), groups)
+        probe.identities = identities
+        return probe
 
 
 def _task(card: Any) -> Task | None:

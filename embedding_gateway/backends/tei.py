@@ -33,6 +33,7 @@ from ..rerank_schemas import Scores
 from ..schemas import Embeddings, Inputs
 from .base import (
     Probe,
+    ServedIdentity,
     decode_vectors,
     model_mismatch,
     reading,
@@ -89,6 +90,8 @@ class TEIBackend(OpenAIBackend):
         info = await self.request_json("GET", f"{base_url}/info", timeout=timeout)
         serving = self._read_info(info)
         with reading(f"upstream {self.name!r} /info"):
+            sha = info.get("model_sha")
+            identity = ServedIdentity(str(info["model_id"]), str(sha) if sha else None)
             limit = info.get("max_client_batch_size")
             self.limits = {key: info.get(key) for key in TEI_LIMITS}
         if isinstance(limit, int) and limit > 0:
@@ -97,7 +100,9 @@ class TEIBackend(OpenAIBackend):
         if isinstance(permits, int) and permits > 0:
             self.inflight_input_ceiling = permits
         # /v1/embeddings answers with served_model_name: one model under either name
-        return self.check_served(serving, str(info.get("model_id")), [frozenset(serving)])
+        probe = self.check_served(serving, str(info.get("model_id")), [frozenset(serving)])
+        probe.identities = dict.fromkeys(serving, identity)
+        return probe
 
     def _read_info(self, info: Any) -> set[str]:
         """The names ``/info`` reports the model by; what it does is noted under each."""

@@ -56,6 +56,7 @@ class TeiState(FakeState):
     max_concurrent_requests: int = 512
     auto_truncate: bool = True
     served_model_name: str | None = None
+    model_sha: str | None = None  # the revision /info reports; other weights, other vectors
     api_key: str | None = None
     model_type: Literal["embedding", "reranker"] = "embedding"
     prompts: dict[str, str] = field(default_factory=dict)  # sentence-transformers' prompts
@@ -167,7 +168,7 @@ async def info(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "model_id": state.model,
-            "model_sha": None,
+            "model_sha": state.model_sha,
             "model_dtype": "float16",
             "model_type": ({"reranker": {"id2label": {"0": "LABEL_0"},
                                          "label2id": {"LABEL_0": 0}}}
@@ -350,7 +351,7 @@ async def _embed(
     async with _Permits(state, len(items)):
         if state.delay > 0:
             await asyncio.sleep(state.delay)
-    vectors = fake_vectors(state.model, items, state.dims)
+    vectors = fake_vectors(weights(state), items, state.dims)
     if dimensions is not None:
         vectors = np.stack([cut(v, dimensions) for v in vectors])
     if body.get("normalize", True) is False:
@@ -417,6 +418,11 @@ async def _rerank(request: web.Request, state: TeiState, query: str, texts: list
         ranks.append(rank)
     ranks.sort(key=lambda rank: rank["score"], reverse=True)
     return ranks
+
+
+def weights(state: TeiState) -> str:
+    """What seeds its vectors: the model, and its revision where it has one."""
+    return state.model if state.model_sha is None else f"{state.model}@{state.model_sha}"
 
 
 class _Permits:
