@@ -12,6 +12,7 @@ without this module knowing it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -71,9 +72,19 @@ def fingerprint(backend: Backend, served: str, identity: ServedIdentity | None,
 def namespace(model: Fingerprint, request: EmbeddingRequest, call: Hashable = None) -> str:
     """The key space of one request's inputs: its model's fingerprint, the request's own
     options, and ``call``, what its upstream calls carry beyond the inputs."""
-    variant = orjson.dumps([*(getattr(request, f) for f in _REQUEST_FIELDS), call],
-                           default=repr, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(model.digest + variant, digest_size=16).hexdigest()
+    variant = (*(getattr(request, f) for f in _REQUEST_FIELDS), call)
+    try:
+        return _known_namespace(model.digest, variant)
+    except TypeError:  # an option of an unhashable kind: computed each time
+        return _namespace(model.digest, variant)
+
+
+def _namespace(digest: bytes, variant: tuple[Any, ...]) -> str:
+    raw = orjson.dumps(variant, default=repr, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(digest + raw, digest_size=16).hexdigest()
+
+
+_known_namespace = functools.lru_cache(maxsize=4096)(_namespace)
 
 
 def input_digest(item: str | list[int]) -> bytes:

@@ -7,7 +7,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.base import served_name
+from .backends.base import ServedIdentity, served_name
 from .batching import Batcher
 from .cache import CacheMode, EmbeddingCache
 from .cache_keys import Fingerprint, fingerprint, namespace
@@ -19,6 +19,8 @@ from .rerank_schemas import RerankRequest, Scores
 from .reranking import rerank_documents
 from .schemas import EmbeddingRequest, Embeddings, Inputs, cut_dimensions
 from .upstream import Upstream
+
+FINGERPRINTS_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class Router:
         self.batchers = batchers
         self.metrics = metrics
         self.cache = cache
+        # (backend, id of the model's options, identity) -> fingerprint: hashed once, not
+        # per request (the options live as long as this router's routes)
+        self._fingerprints: dict[tuple[str, int, ServedIdentity | None], Fingerprint | None] = {}
 
     def discovered_routes(self) -> dict[str, Route]:
         """Routes for models the upstreams offer beyond the config, by their full names."""
@@ -172,7 +177,15 @@ class Router:
 
     def _fingerprint(self, upstream: Upstream, route: Route) -> Fingerprint | None:
         served = served_name(route.model, route.options)
-        return fingerprint(upstream.backend, served, upstream.identity(served), route.options)
+        identity = upstream.identity(served)
+        key = (route.backend, id(route.options), identity)
+        known = self._fingerprints.get(key)
+        if known is None:
+            if len(self._fingerprints) >= FINGERPRINTS_KEPT:
+                self._fingerprints.clear()
+            known = self._fingerprints[key] = fingerprint(upstream.backend, served, identity,
+                                                          route.options)
+        return known
 
     def _namespace(self, upstream: Upstream, request: EmbeddingRequest, route: Route,
                    call: Hashable) -> str | None:

@@ -153,23 +153,42 @@ def describe(body: bytes) -> dict[str, Any]:
 
 
 class Texts:
-    """Distinct inputs (a counter prefix defeats response caches), cheap to produce."""
+    """Inputs, cheap to produce: distinct ones (a counter prefix defeats response caches),
+    and with ``repeat`` > 0 that fraction of them drawn from ``repeat_pool`` texts that recur
+    (re-indexing, chunk overlap, repeated queries), sent once beforehand by ``warm_repeats``."""
 
-    def __init__(self, words: int, seed: int) -> None:
+    def __init__(self, words: int, seed: int, repeat: float = 0.0,
+                 repeat_pool: int = 1024) -> None:
         rng = random.Random(seed)
         vocabulary = WORDS.split()
         self.pool = [" ".join(rng.choices(vocabulary, k=words)) for _ in range(1024)]
         self.counter = itertools.count()
+        self.repeat = repeat
+        self.repeated = [f"again {n} {self.pool[n % 1024]}" for n in range(repeat_pool)]
+        self.rng = random.Random(seed + 1)
 
     def batch(self, size: int) -> list[str]:
-        return [f"{n} {self.pool[n % 1024]}" for n in itertools.islice(self.counter, size)]
+        if not self.repeat:
+            return [f"{n} {self.pool[n % 1024]}" for n in itertools.islice(self.counter, size)]
+        return [self.rng.choice(self.repeated) if self.rng.random() < self.repeat
+                else f"{n} {self.pool[n % 1024]}" for n in itertools.islice(self.counter, size)]
+
+
+async def warm_repeats(send: Send, texts: Texts, chunk: int = 256) -> int:
+    """Send every recurring text once, so that later they are repeats; returns the count."""
+    if not texts.repeat:
+        return 0
+    for start in range(0, len(texts.repeated), chunk):
+        await send(texts.repeated[start:start + chunk])
+    return len(texts.repeated)
 
 
 class Endpoint:
     """One OpenAI-compatible API base (``http://host:port`` or ``…/v1``) and a model on it."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base: str, api_key: str | None, encoding: str
+        self, session: aiohttp.ClientSession, base: str, api_key: str | None, encoding: str,
+        cache_control: str | None = None,
     ) -> None:
         base = base.rstrip("/")
         self.api = base if base.endswith("/v1") else base + "/v1"
@@ -178,6 +197,8 @@ class Endpoint:
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
+        if cache_control:
+            self.headers["Cache-Control"] = cache_control
 
     async def models(self) -> list[dict[str, Any]]:
         try:
@@ -549,7 +570,9 @@ async def load_cells(
     send = gateway.rerank if args.mode == "rerank" else gateway.embed
     for entry in entries:
         outcome = await send(entry["id"], texts.batch(1))
-        warmup[entry["id"]] = {"status": outcome.status, "ms": outcome.ms}
+        warmup[entry["id"]] = {"status": outcome.status, "ms": outcome.ms,
+                               "repeats_sent": await warm_repeats(
+                                   lambda inputs, m=entry["id"]: send(m, inputs), texts)}
     for entry, concurrency, batch in cells_plan:
         model = entry["id"]
         progress.start(f"{model} c={concurrency} b={batch}", args.duration, timed=True)
@@ -623,6 +646,7 @@ async def overhead_cells(
         samples: dict[str, bytes | None] = {}
         for send in sides.values():
             await send(texts.batch(batch))
+            await warm_repeats(send, texts)
         cpu = 0.0
         if sampler:
             rss_before = rss_mb(sampler.pid)
@@ -726,6 +750,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--encoding-format", choices=("float", "base64"), default="float")
     common.add_argument("--input-words", type=int, default=32, help="words per input text")
+    common.add_argument(
+        "--repeat-fraction", type=float, default=0.0,
+        help="fraction of inputs drawn from --repeat-pool recurring texts, each sent once "
+        "before the measurement (default 0: every input distinct)",
+    )
+    common.add_argument("--repeat-pool", type=int, default=1024,
+                        help="how many recurring texts (default 1024)")
+    common.add_argument("--cache-control", default=None,
+                        help="Cache-Control header for --gateway, e.g. no-store (uncached)")
     common.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -818,11 +851,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     largest = max(getattr(args, "concurrency", [1]))
     connector = aiohttp.TCPConnector(limit=2 * largest + 4, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
-    texts = Texts(args.input_words, args.seed)
+    texts = Texts(args.input_words, args.seed, args.repeat_fraction, args.repeat_pool)
     started = dt.datetime.now(dt.UTC)
     results = EMPTY_RESULTS[args.mode]()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        gateway = Endpoint(session, args.gateway, args.api_key, args.encoding_format)
+        gateway = Endpoint(session, args.gateway, args.api_key, args.encoding_format,
+                           args.cache_control)
         if args.mode == "models":
             work = run_models(args, gateway, texts, results)
         elif args.mode in ("load", "rerank"):
@@ -850,6 +884,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0 <= args.repeat_fraction <= 1 or args.repeat_pool < 1:
+        raise SystemExit("--repeat-fraction must be within 0..1 and --repeat-pool at least 1")
     if (
         args.mode == "overhead"
         and args.gateway_pid

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cache_support import metric
 from tests.ports import free_port
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -408,3 +409,26 @@ def test_ctrl_c_writes_the_cells_that_finished(upstream: Server, tmp_path: Path)
     assert 1 <= len(cells) < 4
     assert cells[0]["concurrency"] == 1 and cells[0]["ok"] > 0
     assert "inputs/s" in stdout
+
+
+def test_repeated_texts_are_answered_from_the_gateways_cache_unless_told_not_to(
+    gateway: tuple[str, int], tmp_path: Path
+) -> None:
+    url, _ = gateway
+
+    def hits() -> float:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return metric(text, "embedding_gateway_cache_hits_total", model="fast-a", tier="memory")
+
+    args = ["load", "--gateway", url, "--concurrency", "2", "--batch", "4", "--duration", "0.5",
+            "--repeat-fraction", "1", "--repeat-pool", "16"]
+    report, _, _ = bench(tmp_path, *args)
+    [cell] = report["results"]["cells"]
+    assert report["results"]["warmup"]["fast-a"]["repeats_sent"] == 16
+    assert cell["ok"] > 0 and cell["errors"] == {}
+    assert hits() >= cell["inputs"]  # every measured input was one sent before
+    before = hits()
+    report, _, _ = bench(tmp_path, *args, "--cache-control", "no-store")
+    assert report["results"]["cells"][0]["ok"] > 0
+    assert hits() == before

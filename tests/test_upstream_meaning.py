@@ -15,9 +15,9 @@ from tests.fakes.ollama import create_ollama_app
 from tests.fakes.vllm import VLLM_STATE, create_vllm_app
 
 
-async def post(url: str, model: str) -> tuple[int, dict[str, Any], Any]:
+async def post(url: str, model: str, text: str = "x") -> tuple[int, dict[str, Any], Any]:
     async with aiohttp.ClientSession() as session, session.post(
-        f"{url}/v1/embeddings", json={"model": model, "input": "x"}
+        f"{url}/v1/embeddings", json={"model": model, "input": text}
     ) as resp:
         return resp.status, await resp.json(), resp.headers
 
@@ -46,11 +46,11 @@ async def test_ollamas_runner_crash_behind_a_400_is_not_the_clients_fault() -> N
             assert (await post(url, "bge-m3"))[0] == 200
             crash = "llama runner process has terminated: exit status 2"
             app[FAKE_STATE].fail = (400, crash)
-            status, body, _ = await post(url, "bge-m3")
+            status, body, _ = await post(url, "bge-m3", "y")  # not cached: sent upstream
             assert status == 502, body
             assert crash in body["error"]["message"]
             app[FAKE_STATE].fail = (400, "the input length exceeds the context length")
-            status, body, _ = await post(url, "bge-m3")
+            status, body, _ = await post(url, "bge-m3", "z")
             assert status == 400, body
             assert body["error"]["code"] == "input_too_long"
             assert "the input length exceeds the context length" in body["error"]["message"]
