@@ -171,22 +171,26 @@ class EmbeddingCache:
             if found[index] is None:
                 positions.setdefault(input_key(inputs[index]), []).append(index)
         self.metrics.cache_lookup(model=model, misses=count - cached)
+        cut: list[int] = []
         tokens, whole = await self._fill(model, namespace, inputs, found, positions, compute,
-                                         mode)
+                                         mode, cut)
         if whole is not None:  # every input computed in one call, in order: its matrix as it is
-            return Embeddings(whole, tokens)
+            return Embeddings(whole, tokens, sorted(cut))
         if len({vector.shape[0] for vector in found}) != 1:  # type: ignore[union-attr]
             # entries of another length under this fingerprint: weights changed under it
             # before the gateway could tell. Nothing from the tiers is used.
             return await self.embed(model, namespace, inputs, compute, CacheMode.REFRESH)
-        return Embeddings(np.vstack(found), tokens, cached=cached)  # type: ignore[arg-type]
+        return Embeddings(np.vstack(found), tokens, sorted(cut),  # type: ignore[arg-type]
+                          cached=cached)
 
     async def _fill(self, model: str, namespace: str, inputs: Inputs,
                     found: list[np.ndarray | None], positions: dict[Hashable, list[int]],
-                    compute: Compute, mode: CacheMode) -> tuple[int, np.ndarray | None]:
+                    compute: Compute, mode: CacheMode,
+                    cut: list[int]) -> tuple[int, np.ndarray | None]:
         """Compute the missing inputs at ``positions`` into ``found``, or wait for another
-        request's computation of them. Returns the tokens this request had computed, and the
-        call's matrix when it holds every input in order."""
+        request's computation of them; the positions of inputs the upstream cut go in
+        ``cut``. Returns the tokens this request had computed, and the call's matrix when
+        it holds every input in order."""
         joined: dict[Hashable, asyncio.Future[np.ndarray | None]] = {}
         own: list[Hashable] = []
         for key in positions:
@@ -200,6 +204,7 @@ class EmbeddingCache:
             result = await self._compute(model, namespace, [inputs[positions[k][0]] for k in own],
                                          own, compute)
             tokens = result.prompt_tokens
+            cut += [i for row in result.truncated or () for i in positions[own[row]]]
             if len(own) == len(inputs):  # no hits, no duplicates, nothing shared
                 return tokens, result.vectors
             for row, key in enumerate(own):
@@ -219,6 +224,7 @@ class EmbeddingCache:
             result = await self._compute(model, namespace,
                                          [inputs[positions[k][0]] for k in again], [], compute)
             tokens += result.prompt_tokens
+            cut += [i for row in result.truncated or () for i in positions[again[row]]]
             for row, key in enumerate(again):
                 for index in positions[key]:
                     found[index] = result.vectors[row]
@@ -252,23 +258,29 @@ class EmbeddingCache:
     async def _compute(self, model: str, namespace: str, items: Inputs, keys: list[Hashable],
                        compute: Compute) -> Embeddings:
         """``compute(items)``, stored in every tier; ``keys`` (the items' own) are announced
-        as in flight meanwhile, so that other requests wait for them instead."""
+        as in flight meanwhile, so that other requests wait for them instead. An input the
+        upstream cut (``truncated``) is neither stored nor shared: each request that has it
+        computes it, and so learns that it was cut."""
         loop = asyncio.get_running_loop()
         flights = {key: loop.create_future() for key in keys
                    if (namespace, key) not in self.flights}
         for key, flight in flights.items():
             self.flights[(namespace, key)] = flight
         result: Embeddings | None = None
+        cut: set[int] = set()
         try:
             result = await compute(items)
+            cut = set(result.truncated or ())
         finally:
             for row, key in enumerate(keys):
                 flight = flights.get(key)
                 if flight is None:
                     continue
                 del self.flights[(namespace, key)]
-                flight.set_result(None if result is None else result.vectors[row])
-        vectors = list(result.vectors)
+                whole = result is not None and row not in cut
+                flight.set_result(result.vectors[row] if whole else None)  # type: ignore[union-attr]
+        kept = [row for row in range(len(items)) if row not in cut]
         for tier in self.tiers:
-            tier.put(model, namespace, items, vectors)
+            tier.put(model, namespace, [items[row] for row in kept],
+                     [result.vectors[row] for row in kept])
         return result

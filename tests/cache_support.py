@@ -70,8 +70,8 @@ def sent(fake: TeiState) -> list[str]:
     """Every input the fake was asked to embed, in order."""
     texts: list[str] = []
     for path, body in fake.requests:
-        if path == "/v1/embeddings":
-            value = body["input"]
+        if path in ("/v1/embeddings", "/embed"):  # TEI's OpenAI route, or its own
+            value = body.get("input", body.get("inputs"))
             texts += [value] if isinstance(value, str) else value
     return texts
 

@@ -22,7 +22,8 @@ from tests.cache_support import DIMS, MODEL, expected, gateway_for, metric, sent
 from tests.conftest import run_gateway
 from tests.fakes import serve_fake
 from tests.fakes.ollama import create_ollama_app
-from tests.fakes.vectors import cut
+from tests.fakes.tei import create_tei_app
+from tests.fakes.vectors import cut, fake_vector, truncate_item
 from tests.fakes.vllm import create_vllm_app
 
 
@@ -200,6 +201,11 @@ async def test_the_key_leaves_out_only_what_is_applied_after_the_cache() -> None
     assert all(namespace(model, other) == namespace(model, base) for other in same)
     assert namespace(model, EmbeddingRequest("m", [[1]], True, "float", None)) != \
         namespace(model, base)  # token ids are read otherwise than text
+    # options that reach the upstream key by themselves: the request's, and its calls'
+    for other in (EmbeddingRequest("m", ["x"], False, "float", None, input_type="query"),
+                  EmbeddingRequest("m", ["x"], False, "float", None, truncate=True)):
+        assert namespace(model, other) != namespace(model, base)
+    assert namespace(model, base, ("prompt_name", "query")) != namespace(model, base)
     for changed in (ServedIdentity("org/m", "sha-2"), ServedIdentity("org/other", "sha-1")):
         assert fingerprint(backend, "m", changed, options) != model
     assert fingerprint(backend, "m", identity, attrs.evolve(options, upstream_model="u")) \
@@ -207,3 +213,22 @@ async def test_the_key_leaves_out_only_what_is_applied_after_the_cache() -> None
     unchanged = attrs.evolve(options, aliases=["a"], max_batch=4, dimensions=384,
                              matryoshka=True, preload=True)
     assert fingerprint(backend, "m", identity, unchanged) == model
+
+
+async def test_an_input_the_upstream_cut_is_never_answered_from_the_cache() -> None:
+    """Its vector is of the cut text: each request that sends it learns that it was cut, and
+    a request that refuses over-long inputs is refused, whatever was computed before."""
+    app = create_tei_app(MODEL, dims=DIMS, max_input_length=8, max_client_batch_size=16)
+    long = " ".join(f"word{i}" for i in range(20))
+    texts = ["short one", long, "short two"]
+    async with serve_fake(app) as upstream, gateway_for(upstream) as gateway:
+        for round_ in range(2):
+            answer = await gateway.embed(texts, truncate=True)
+            assert answer.status == 200, answer.body
+            assert answer.body["truncated_inputs"] == [1]
+            assert answer.cached == (0 if round_ == 0 else 2)
+            np.testing.assert_allclose(answer.vectors()[1], fake_vector(
+                MODEL, str(truncate_item(long, 8)), DIMS), atol=1e-6)
+        refused = await gateway.embed(texts)  # the model's default: refuse
+        assert refused.status == 400, refused.body
+        assert (await gateway.embed(["short one"])).cached == 0  # a key of its own
