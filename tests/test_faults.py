@@ -150,9 +150,11 @@ FAULTS = {  # what the clients see while it lasts
 async def test_an_upstream_fault_loses_nothing_and_is_recovered_from(fault: str) -> None:
     upstream = FaultyUpstream()
     async with serve_fake(upstream.app) as base_url:
-        # the answers of a healthy upstream, straight from it
+        # the answers of a healthy upstream, straight from it; no cache, so that every later
+        # request meets the fault
         config = {"backends": {"v": {"kind": "vllm", "base_url": base_url, "timeout": TIMEOUT,
-                                     "models": {MODEL: {"dimensions": DIMS}}}}}
+                                     "models": {MODEL: {"dimensions": DIMS}}}},
+                  "cache": {"memory_bytes": 0}}
         async with run_gateway(config) as url, aiohttp.ClientSession() as session:
             all_texts = [t for c in range(CLIENTS) for r in range(3) for t in texts_for(c, r)]
             status, body = await ask(session, url, all_texts)
