@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache_keys import Item
 from .metrics import Metrics
 from .schemas import Embeddings, Inputs
 
@@ -45,8 +46,8 @@ def cache_mode(cache_control: str | None) -> CacheMode:
     return CacheMode.REFRESH if "no-cache" in directives else CacheMode.USE
 
 
-def input_key(item: str | list[int]) -> Hashable:
-    return item if isinstance(item, str) else tuple(item)
+def input_key(item: Item) -> Hashable:
+    return item if isinstance(item, str) else item.tobytes()  # token ids: a uint32 array
 
 
 class Tier(ABC):
@@ -57,11 +58,11 @@ class Tier(ABC):
 
     @abstractmethod
     async def get(self, model: str, namespace: str,
-                  items: Sequence[str | list[int]]) -> list[np.ndarray | None]:
+                  items: Sequence[Item]) -> list[np.ndarray | None]:
         """The vector of each item, or ``None`` where it has none."""
 
     @abstractmethod
-    def put(self, model: str, namespace: str, items: Sequence[str | list[int]],
+    def put(self, model: str, namespace: str, items: Sequence[Item],
             vectors: Sequence[np.ndarray]) -> None:
         """Keep these vectors (float32 rows); may finish in the background."""
 
@@ -87,7 +88,7 @@ class MemoryTier(Tier):
         self.bytes_by_model: dict[str, int] = {}
 
     async def get(self, model: str, namespace: str,
-                  items: Sequence[str | list[int]]) -> list[np.ndarray | None]:
+                  items: Sequence[Item]) -> list[np.ndarray | None]:
         entries = self.entries
         found: list[np.ndarray | None] = []
         for item in items:
@@ -100,13 +101,14 @@ class MemoryTier(Tier):
                 found.append(entry[0])
         return found
 
-    def put(self, model: str, namespace: str, items: Sequence[str | list[int]],
+    def put(self, model: str, namespace: str, items: Sequence[Item],
             vectors: Sequence[np.ndarray]) -> None:
         changed = {model}
         for item, vector in zip(items, vectors, strict=True):
             stored = np.array(vector, dtype=np.float32)  # a copy: not a view of a whole batch
             stored.flags.writeable = False
-            size = stored.nbytes + len(item) * (1 if isinstance(item, str) else 8) + ENTRY_OVERHEAD
+            size = stored.nbytes + (len(item) if isinstance(item, str) else item.nbytes) \
+                + ENTRY_OVERHEAD
             if size > self.max_bytes:
                 continue
             key = (namespace, input_key(item))

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import attrs
+import numpy as np
 import orjson
 
 from .backends.base import Backend, ServedIdentity
 from .config import ModelConfig
 from .schemas import EmbeddingRequest
+
+Item = str | np.ndarray  # a text, or token ids as a uint32 array
 
 # ModelConfig fields that say how a model is routed, scheduled or shown, not what it computes
 MODEL_FIELDS_NOT_IN_VECTORS = frozenset({
@@ -87,7 +90,8 @@ def _namespace(digest: bytes, variant: tuple[Any, ...]) -> str:
 _known_namespace = functools.lru_cache(maxsize=4096)(_namespace)
 
 
-def input_digest(item: str | list[int]) -> bytes:
+def input_digest(item: Item) -> bytes:
     """A fixed-size digest of one input (text, or token ids) for shared tiers."""
-    raw = b"t:" + item.encode() if isinstance(item, str) else b"i:" + orjson.dumps(item)
+    raw = (b"t:" + item.encode() if isinstance(item, str)
+           else b"i:" + np.asarray(item, dtype="<u4").tobytes())
     return hashlib.blake2b(raw, digest_size=16).digest()

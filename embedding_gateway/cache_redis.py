@@ -19,7 +19,7 @@ import numpy as np
 import structlog
 
 from .cache import Tier
-from .cache_keys import input_digest
+from .cache_keys import Item, input_digest
 from .config import RedisCacheConfig
 from .metrics import Metrics
 
@@ -63,7 +63,7 @@ class RedisTier(Tier):
         self.last_error: str | None = None
         self._writes: set[asyncio.Task[None]] = set()
 
-    def _keys(self, namespace: str, items: Sequence[str | list[int]]) -> list[bytes]:
+    def _keys(self, namespace: str, items: Sequence[Item]) -> list[bytes]:
         head = self.prefix + namespace.encode() + b":"
         return [head + input_digest(item).hex().encode() for item in items]
 
@@ -86,7 +86,7 @@ class RedisTier(Tier):
             log.info("cache_redis_up", url=redacted(self.config.url))
 
     async def get(self, model: str, namespace: str,
-                  items: Sequence[str | list[int]]) -> list[np.ndarray | None]:
+                  items: Sequence[Item]) -> list[np.ndarray | None]:
         if not self._usable():
             return [None] * len(items)
         from redis.exceptions import RedisError
@@ -102,7 +102,7 @@ class RedisTier(Tier):
         return [np.frombuffer(value, dtype="<f4") if value and len(value) % 4 == 0 else None
                 for value in values]
 
-    def put(self, model: str, namespace: str, items: Sequence[str | list[int]],
+    def put(self, model: str, namespace: str, items: Sequence[Item],
             vectors: Sequence[np.ndarray]) -> None:
         if not self._usable() or len(self._writes) >= MAX_PENDING_WRITES:
             return
