@@ -198,6 +198,6 @@ async def test_teis_embed_route_never_gives_another_models_vectors() -> None:
     async with gateway("tei") as (url, app):
         assert (await post(url, input=["x"]))[0] == 200
         app[TEI_STATE].model = "another/model"
-        status, body, _ = await post(url, input=["x"])
+        status, body, _ = await post(url, input=["y"])  # not cached: it reaches the upstream
         assert status == 502 and body["error"]["code"] == "model_mismatch", body
         assert [p for p, _ in app[FAKE_STATE].requests if p == "/embed"]
