@@ -218,7 +218,7 @@ def _schemas(config: GatewayConfig) -> dict[str, Any]:
                 "type": "object",
                 "required": ["id", "object", "created", "owned_by", "backend", "kind",
                              "alias_of", "dimensions", "matryoshka", "max_input_tokens",
-                             "task", "managed"],
+                             "task", "managed", "revision", "cache"],
                 "properties": {
                     "id": {"type": "string"},
                     "object": {"const": "model"},
@@ -236,6 +236,14 @@ def _schemas(config: GatewayConfig) -> dict[str, Any]:
                              "description": "What the model does; null until the upstream "
                                             "has said (TEI, Infinity)."},
                     "managed": {"type": "boolean"},
+                    "revision": {"type": ["string", "null"],
+                                 "description": "The weights' revision as the upstream "
+                                                "reports it (TEI model_sha, Ollama's digest, "
+                                                "vLLM's root); null where it reports none."},
+                    "cache": {"type": "object", "required": ["enabled", "reason"],
+                              "description": "Whether its vectors are cached, and why not.",
+                              "properties": {"enabled": {"type": "boolean"},
+                                             "reason": {"type": ["string", "null"]}}},
                 },
             }],
         },

@@ -158,6 +158,9 @@ class Router:
         not) its vectors are cached."""
         model = self._fingerprint(self.upstreams[route.backend], route)
         reason = None
+        if self.task(route) == "rerank":
+            return {"revision": model.revision if model else None,
+                    "cache": {"enabled": False, "reason": "rerank answers are not cached"}}
         if not self.cache.enabled:
             reason = "the cache is off (cache.memory_bytes is 0 and there is no cache.redis)"
         elif not route.options.cache:
