@@ -20,6 +20,7 @@ from tests.fakes import FAKE_STATE, FakeState, serve_fake
 from tests.fakes.infinity import create_infinity_app
 from tests.fakes.scores import fake_score
 from tests.fakes.tei import TEI_STATE, create_tei_app
+from tests.fakes.vectors import count_tokens
 from tests.fakes.vllm import create_vllm_app
 
 TEI_RERANKER = "BAAI/bge-reranker-v2-m3"
@@ -108,6 +109,9 @@ async def test_tei_documents_beyond_its_batch_limit_are_split_and_ranked_globall
         assert sorted(len(call["texts"]) for call in calls) == [3, 3, 4]
         assert sorted(t for call in calls for t in call["texts"]) == sorted(DOCUMENTS)
         assert {call["raw_scores"] for call in calls} == {False}  # the sigmoid, as elsewhere
+        # TEI counts tokens only in its x-compute-tokens header: the three calls' counts, summed
+        pairs = sum(count_tokens(QUERY) + count_tokens(document) for document in DOCUMENTS)
+        assert body["usage"]["prompt_tokens"] == pairs
 
 
 @pytest.mark.parametrize(("bound", "peak"), [

@@ -121,7 +121,7 @@ class TEIBackend(OpenAIBackend):
 
     async def rerank(self, base_url: str, name: str, model: ModelConfig, query: str,
                      documents: list[str]) -> Scores:
-        body = await self.request_json(
+        body, reply = await self.request_reply(
             "POST", f"{base_url}/rerank",
             {"query": query, "texts": documents, "raw_scores": False, "return_text": False})
         where = f"upstream {self.name!r}"
@@ -130,7 +130,7 @@ class TEIBackend(OpenAIBackend):
                 raise TypeError(f"expected a list of ranks, got {type(body).__name__}")
             scores = scores_by_index(body, len(documents), where)
         await self._still_serving(base_url, name, model, "scores")
-        return Scores(scores, 0)  # TEI counts tokens only in x-compute-tokens headers
+        return Scores(scores, reply.compute_tokens or 0)  # TEI counts them in a header
 
     def translate_error(self, status: int, body: Any, raw: bytes) -> GatewayError:
         text = self.error_text(body, raw)

@@ -377,7 +377,8 @@ async def rerank(request: web.Request) -> web.Response:
     except TeiError as exc:
         error = {"error": exc.message, "error_type": exc.error_type}
         return web.json_response(error if exc.raw is None else exc.raw, status=exc.status)
-    return web.json_response(ranks)
+    tokens = sum(count_tokens(query) + count_tokens(text) for text in texts)  # one pair each
+    return web.json_response(ranks, headers=_metadata(tokens))
 
 
 async def _rerank(request: web.Request, state: TeiState, query: str, texts: list[str],
