@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 
 from .errors import InvalidRequest, PayloadTooLarge
+from .schemas import request_object
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,7 @@ def _document_text(value: Any, index: int) -> str:
 
 
 def parse_rerank_request(body: bytes, *, max_documents: int) -> RerankRequest:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    data, model = request_object(body)
     query = data.get("query")
     if not isinstance(query, str) or not query:
         raise InvalidRequest("'query' is required and must be a non-empty string", param="query")

@@ -107,19 +107,24 @@ def _parse_input(value: Any, max_inputs: int, max_token_ids: int) -> tuple[Input
     return inputs, tokens
 
 
-def parse_embedding_request(
-    body: bytes, *, max_inputs: int, max_token_ids: int
-) -> EmbeddingRequest:
+def request_object(body: bytes) -> tuple[dict[str, Any], str]:
+    """A request body's JSON object and its ``model``: what every endpoint's body starts with."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
-
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    return data, model
+
+
+def parse_embedding_request(
+    body: bytes, *, max_inputs: int, max_token_ids: int
+) -> EmbeddingRequest:
+    data, model = request_object(body)
     if "input" not in data:
         raise InvalidRequest("'input' is required", param="input")
     inputs, tokens = _parse_input(data.pop("input"), max_inputs, max_token_ids)
