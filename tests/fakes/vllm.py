@@ -211,17 +211,25 @@ def _card(state: VllmState, name: str) -> dict[str, Any]:
 async def embeddings(request: web.Request) -> web.Response:
     state = request.app[VLLM_STATE]
     try:
-        body = await _body(request)
-        await pause(request)
-        failure = fail_payload(state, default_message)
-        if failure is not None:
-            status, payload, message = failure
-            if isinstance(payload, dict | list):
-                return web.json_response(payload, status=status)
-            raise VllmError(status, message)
+        body = await _admitted(request, state)
+        if isinstance(body, web.Response):
+            return body
         return _embed(state, body)
     except VllmError as exc:
         return error_response(state, exc.status, exc.message)
+
+
+async def _admitted(request: web.Request, state: VllmState) -> dict[str, Any] | web.Response:
+    """The request's body, once the pause and the failure the test set up have been applied."""
+    body = await _body(request)
+    await pause(request)
+    failure = fail_payload(state, default_message)
+    if failure is not None:
+        status, payload, message = failure
+        if isinstance(payload, dict | list):
+            return web.json_response(payload, status=status)
+        raise VllmError(status, message)
+    return body
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -321,14 +329,9 @@ async def rerank(request: web.Request) -> web.Response:
 async def _scoring(request: web.Request, kind: str) -> web.Response:
     state = request.app[VLLM_STATE]
     try:
-        body = await _body(request)
-        await pause(request)
-        failure = fail_payload(state, default_message)
-        if failure is not None:
-            status, payload, message = failure
-            if isinstance(payload, dict | list):
-                return web.json_response(payload, status=status)
-            raise VllmError(status, message)
+        body = await _admitted(request, state)
+        if isinstance(body, web.Response):
+            return body
         name = body.get("model")
         if name is not None and name not in state.served_names:
             raise VllmError(404, f"The model `{name}` does not exist. "
